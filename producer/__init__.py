@@ -1,0 +1,1 @@
+"""The TRS client library."""

@@ -1,0 +1,117 @@
+"""Settings for Kafka, the engine and the worker, read from ``TRS_*`` environment variables.
+
+Nothing is read at import time: each class reads the environment when it is instantiated.
+Secrets are ``SecretStr``; they appear in no repr, log line or error.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.wire import REQUEST_TOPIC_PATTERN
+
+__all__ = ["EngineSettings", "KafkaSettings", "WorkerSettings"]
+
+#: Kafka's default maximum message size; our result size limit keeps under it.
+KAFKA_MAX_MESSAGE_BYTES = 1_000_000
+
+
+def _comma_list(value: Any) -> Any:
+    """``"a, b"`` from an environment variable becomes ``["a", "b"]``."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach the Kafka cluster. ``TRS_KAFKA_*``; security settings go to librdkafka."""
+
+    model_config = SettingsConfigDict(env_prefix="TRS_KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("bootstrap_servers", "TRS_KAFKA_BOOTSTRAP_SERVERS", "TRS_KAFKA_BOOTSTRAP"),
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    client_id: str = "trs"
+    #: Any other librdkafka property, e.g. ``{"socket.keepalive.enable": "true"}``.
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    def librdkafka_config(self) -> dict[str, Any]:
+        """The common librdkafka properties, secrets revealed only here."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol.lower(),
+            "client.id": self.client_id,
+        }
+        optional: dict[str, str | SecretStr | None] = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": self.ssl_key_password,
+        }
+        for key, value in optional.items():
+            if isinstance(value, SecretStr):
+                config[key] = value.get_secret_value()
+            elif value is not None:
+                config[key] = value
+        config.update(self.extra)
+        return config
+
+
+class EngineSettings(BaseSettings):
+    """Limits and TLS for the HTTP engine. ``TRS_ENGINE_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="TRS_ENGINE_", extra="ignore")
+
+    transport: Literal["pyreqwest", "httpx"] = "pyreqwest"
+    max_inflight: int = Field(default=1000, ge=1, le=100_000)
+    #: Bodies larger than this end ``response_too_large``; the default leaves room under 1 MB.
+    max_response_bytes: int = Field(default=900_000, ge=0, le=1 << 30)
+    ca_bundle: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    insecure: bool = False
+    #: Hosts or CIDRs tasks may target; empty allows every target.
+    allowed_targets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("allowed_targets", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+
+class WorkerSettings(BaseSettings):
+    """The worker's own settings. ``TRS_WORKER_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="TRS_WORKER_", extra="ignore")
+
+    group_id: str = "trs-workers"
+    topics_pattern: str = REQUEST_TOPIC_PATTERN
+    topics: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    instance_id: str | None = None
+    port: int = Field(default=8080, ge=0, le=65535)
+    grace_period: float = Field(default=25.0, ge=0)
+    session_timeout_ms: int = Field(default=45_000, ge=1000)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    consume_batch: int = Field(default=500, ge=1, le=100_000)
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        return _comma_list(value)

@@ -1,0 +1,198 @@
+"""Kafka envelopes to and from value bytes plus headers, and the topic names TRS uses.
+
+Topic names:
+
+* request topic ``trs-<service>-http-v1-send``: tasks, consumed by the worker group;
+* reply topic ``trs-<service>-http-v1-rcv-<batch>``: one per batch, read by its client;
+* ``trs-control``: cancel orders, read by every worker outside the group;
+* ``trs-dlq``: messages that could not be decoded, with the reason in a header.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from shared.errors import InvalidEnvelope
+from shared.models import (
+    SCHEMA_VERSION,
+    CancelEnvelope,
+    ResultEnvelope,
+    TaskEnvelope,
+    normalize_service_name,
+)
+
+__all__ = [
+    "CONTROL_TOPIC",
+    "DLQ_TOPIC",
+    "HEADER_BATCH_ID",
+    "HEADER_CONTENT_TYPE",
+    "HEADER_DLQ_REASON",
+    "HEADER_SCHEMA",
+    "HEADER_TASK_ID",
+    "REPLY_TOPIC_PREFIX_RE",
+    "REQUEST_TOPIC_PATTERN",
+    "KafkaHeaders",
+    "decode_cancel",
+    "decode_result",
+    "decode_task",
+    "encode_cancel",
+    "encode_result",
+    "encode_task",
+    "header_value",
+    "reply_topic",
+    "request_topic",
+]
+
+CONTROL_TOPIC = "trs-control"
+DLQ_TOPIC = "trs-dlq"
+#: The subscription pattern that matches every service's request topic.
+REQUEST_TOPIC_PATTERN = r"^trs-.*-http-v1-send$"
+#: Matches a reply topic and captures its service and batch id.
+REPLY_TOPIC_PREFIX_RE = re.compile(r"^trs-(?P<service>[a-z0-9-]+)-http-v1-rcv-(?P<batch>[A-Za-z0-9_-]+)$")
+
+HEADER_SCHEMA = "trs-schema"
+HEADER_CONTENT_TYPE = "content-type"
+HEADER_BATCH_ID = "trs-batch-id"
+HEADER_TASK_ID = "trs-task-id"
+HEADER_TRACEPARENT = "traceparent"
+HEADER_DLQ_REASON = "trs-dlq-reason"
+HEADER_DLQ_TOPIC = "trs-dlq-topic"
+HEADER_DLQ_PARTITION = "trs-dlq-partition"
+HEADER_DLQ_OFFSET = "trs-dlq-offset"
+
+CONTENT_TYPE = b"application/json"
+_SCHEMA_BYTES = str(SCHEMA_VERSION).encode()
+
+KafkaHeaders = list[tuple[str, str | bytes | None]]
+HeadersIn = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None
+_Envelope = TypeVar("_Envelope", bound=BaseModel)
+
+
+def request_topic(service_name: str) -> str:
+    """The request topic for ``service_name`` (normalised; raises ``ValueError`` if unusable)."""
+    return f"trs-{normalize_service_name(service_name)}-http-v1-send"
+
+
+def reply_topic(service_name: str, batch_id: str) -> str:
+    """The reply topic of one batch."""
+    return f"trs-{normalize_service_name(service_name)}-http-v1-rcv-{batch_id}"
+
+
+def header_value(headers: HeadersIn, name: str) -> bytes | None:
+    """The first value of Kafka header ``name``, or ``None``."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for key, value in pairs:
+        if key == name:
+            return value.encode() if isinstance(value, str) else value
+    return None
+
+
+def _base_headers(batch_id: str, task_id: str | None, traceparent: str | None) -> KafkaHeaders:
+    headers: KafkaHeaders = [
+        (HEADER_SCHEMA, _SCHEMA_BYTES),
+        (HEADER_CONTENT_TYPE, CONTENT_TYPE),
+        (HEADER_BATCH_ID, batch_id.encode()),
+    ]
+    if task_id is not None:
+        headers.append((HEADER_TASK_ID, task_id.encode()))
+    if traceparent:
+        headers.append((HEADER_TRACEPARENT, traceparent.encode()))
+    return headers
+
+
+def encode_task(envelope: TaskEnvelope, *, traceparent: str | None = None) -> tuple[bytes, KafkaHeaders]:
+    """Value bytes and headers of a task message."""
+    headers = _base_headers(envelope.batch_id, str(envelope.task.id), traceparent)
+    return envelope.model_dump_json().encode(), headers
+
+
+def encode_result(envelope: ResultEnvelope) -> tuple[bytes, KafkaHeaders]:
+    """Value bytes and headers of a result message."""
+    headers = _base_headers(envelope.batch_id, str(envelope.result.task_id), None)
+    return envelope.model_dump_json().encode(), headers
+
+
+def encode_cancel(envelope: CancelEnvelope) -> tuple[bytes, KafkaHeaders]:
+    """Value bytes and headers of a cancel order."""
+    return envelope.model_dump_json().encode(), _base_headers(envelope.batch_id, None, None)
+
+
+def _check_schema_header(headers: HeadersIn) -> None:
+    schema = header_value(headers, HEADER_SCHEMA)
+    if schema is not None and schema != _SCHEMA_BYTES:
+        raise InvalidEnvelope(f"trs-schema: unknown schema version {schema.decode(errors='replace')!r}")
+
+
+def _salvage(value: bytes) -> tuple[str | None, str | None]:
+    """The reply topic and task id of a message that failed validation, if they can be read."""
+    try:
+        raw: Any = json.loads(value)
+    except ValueError:
+        return None, None
+    if not isinstance(raw, dict):
+        return None, None
+    reply = raw.get("reply_topic")
+    task = raw.get("task")
+    task_id = task.get("id") if isinstance(task, dict) else None
+    reply_ok = isinstance(reply, str) and bool(re.fullmatch(r"[A-Za-z0-9._-]{1,249}", reply))
+    return (reply if reply_ok else None), _as_uuid(task_id)
+
+
+def _as_uuid(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def _validation_reason(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False)[:5]:
+        location = ".".join(str(p) for p in error["loc"]) or "value"
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _decode(model: type[_Envelope], value: bytes | None) -> _Envelope:
+    if value is None:
+        raise InvalidEnvelope("value: the message has no value")
+    try:
+        return model.model_validate_json(value)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise InvalidEnvelope("value: not valid JSON") from exc
+        reason = _validation_reason(exc)
+        if model is TaskEnvelope:
+            reply, task_id = _salvage(value)
+            raise InvalidEnvelope(reason, reply_topic=reply, task_id=task_id) from exc
+        raise InvalidEnvelope(reason) from exc
+
+
+def decode_task(value: bytes | None, headers: HeadersIn = None) -> TaskEnvelope:
+    """A task envelope from a Kafka message; raises ``InvalidEnvelope`` with the reason."""
+    try:
+        _check_schema_header(headers)
+    except InvalidEnvelope as exc:
+        reply, task_id = _salvage(value) if value is not None else (None, None)
+        raise InvalidEnvelope(exc.reason, reply_topic=reply, task_id=task_id) from None
+    return _decode(TaskEnvelope, value)
+
+
+def decode_result(value: bytes | None, headers: HeadersIn = None) -> ResultEnvelope:
+    """A result envelope from a Kafka message; raises ``InvalidEnvelope`` with the reason."""
+    _check_schema_header(headers)
+    return _decode(ResultEnvelope, value)
+
+
+def decode_cancel(value: bytes | None, headers: HeadersIn = None) -> CancelEnvelope:
+    """A cancel order from a Kafka message; raises ``InvalidEnvelope`` with the reason."""
+    _check_schema_header(headers)
+    return _decode(CancelEnvelope, value)

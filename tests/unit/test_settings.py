@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pytest
+
+from shared.settings import EngineSettings, KafkaSettings
+
+
+def test_kafka_settings_read_env_and_pass_security_to_librdkafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRS_KAFKA_BOOTSTRAP_SERVERS", "k1:9093,k2:9093")
+    monkeypatch.setenv("TRS_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("TRS_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("TRS_KAFKA_SASL_USERNAME", "svc")
+    monkeypatch.setenv("TRS_KAFKA_SASL_PASSWORD", "hunter2-secret")
+    monkeypatch.setenv("TRS_KAFKA_SSL_CA_LOCATION", "/etc/ca.pem")
+
+    settings = KafkaSettings()
+    config = settings.librdkafka_config()
+
+    assert config["bootstrap.servers"] == "k1:9093,k2:9093"
+    assert config["security.protocol"] == "sasl_ssl"
+    assert config["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert config["sasl.username"] == "svc"
+    assert config["sasl.password"] == "hunter2-secret"
+    assert config["ssl.ca.location"] == "/etc/ca.pem"
+
+
+def test_secrets_never_appear_in_repr_or_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRS_KAFKA_SASL_PASSWORD", "hunter2-secret")
+    monkeypatch.setenv("TRS_KAFKA_SSL_KEY_PASSWORD", "key-secret")
+
+    settings = KafkaSettings()
+
+    assert "hunter2-secret" not in repr(settings)
+    assert "hunter2-secret" not in str(settings.model_dump())
+    assert "key-secret" not in repr(settings)
+    with pytest.raises(ValueError) as info:
+        KafkaSettings(sasl_password="hunter2-secret", security_protocol="BOGUS")
+    assert "hunter2-secret" not in str(info.value)
+
+
+def test_test_bootstrap_variable_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRS_KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("TRS_KAFKA_BOOTSTRAP", "existing:9092")
+
+    assert KafkaSettings().bootstrap_servers == "existing:9092"
+
+
+def test_engine_allowlist_splits_commas(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRS_ENGINE_ALLOWED_TARGETS", "10.0.0.0/8, bmc.local")
+
+    assert EngineSettings().allowed_targets == ["10.0.0.0/8", "bmc.local"]
+
+
+def test_bad_engine_setting_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRS_ENGINE_MAX_INFLIGHT", "0")
+
+    with pytest.raises(ValueError, match="max_inflight"):
+        EngineSettings()

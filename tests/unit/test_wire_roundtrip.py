@@ -1,0 +1,71 @@
+"""Every valid envelope survives encode then decode unchanged."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+
+from shared.models import ResultEnvelope, TaskEnvelope
+from shared.wire import (
+    HEADER_BATCH_ID,
+    HEADER_SCHEMA,
+    HEADER_TASK_ID,
+    decode_result,
+    decode_task,
+    encode_result,
+    encode_task,
+    header_value,
+)
+from tests.strategies import result_envelopes, task_envelopes
+
+
+@settings(max_examples=300)
+@given(task_envelopes())
+def test_task_envelope_round_trip(envelope: TaskEnvelope) -> None:
+    value, headers = encode_task(envelope)
+
+    decoded = decode_task(value, headers)
+
+    assert decoded == envelope
+    assert decoded.task.request.body == envelope.task.request.body
+    assert decoded.task.request.headers == envelope.task.request.headers
+    assert header_value(headers, HEADER_SCHEMA) == b"1"
+    assert header_value(headers, HEADER_BATCH_ID) == envelope.batch_id.encode()
+    assert header_value(headers, HEADER_TASK_ID) == str(envelope.task.id).encode()
+
+
+@settings(max_examples=300)
+@given(result_envelopes)
+def test_result_envelope_round_trip(envelope: ResultEnvelope) -> None:
+    value, headers = encode_result(envelope)
+
+    decoded = decode_result(value, headers)
+
+    assert decoded == envelope
+    if envelope.result.response is not None:
+        assert decoded.result.response is not None
+        assert decoded.result.response.body == envelope.result.response.body
+        assert decoded.result.response.headers == envelope.result.response.headers
+
+
+def test_binary_body_and_repeated_unicode_headers_survive() -> None:
+    from datetime import UTC, datetime
+
+    from shared.models import HttpRequest, Task
+
+    request = HttpRequest(
+        method="POST",
+        url="https://10.0.0.1/redfish/v1",
+        headers=[("X-Dup", "one"), ("X-Dup", "ünïcødé ✓"), ("set-cookie", "a=1")],
+        body=bytes(range(256)),
+    )
+    envelope = TaskEnvelope(
+        batch_id="b",
+        reply_topic="trs-svc-http-v1-rcv-b",
+        deadline=datetime.now(UTC),
+        task=Task(service_name="svc", request=request),
+    )
+
+    decoded = decode_task(*encode_task(envelope))
+
+    assert decoded.task.request.body == bytes(range(256))
+    assert decoded.task.request.headers == [("X-Dup", "one"), ("X-Dup", "ünïcødé ✓"), ("set-cookie", "a=1")]
