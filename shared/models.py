@@ -215,6 +215,8 @@ class TaskError(BaseModel):
 
     code: ErrorCode
     message: str
+    #: The last status code seen, when retries ran out on a retryable status.
+    status_code: int | None = Field(default=None, ge=100, le=999)
 
     @classmethod
     def of(cls, code: ErrorCode) -> TaskError:

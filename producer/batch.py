@@ -1,0 +1,110 @@
+"""A launched batch: the tasks it runs and the results that have come back.
+
+Results arrive in completion order. ``deliver`` keeps the first result per task id and drops
+the rest, since remote delivery is at least once. Iterating with ``async for`` yields each
+result once it is in; several iterators may run, each from the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+from shared.errors import ErrorCode, UsageError
+from shared.models import Task, TaskError, TaskResult
+
+__all__ = ["Batch", "BatchState"]
+
+
+class BatchState(enum.Enum):
+    RUNNING = "running"  #: some tasks have no result yet
+    DONE = "done"  #: every task has its result
+    CLOSED = "closed"  #: closed by the caller; its resources are freed
+
+
+class Batch:
+    """The tasks of one ``launch`` and their results."""
+
+    def __init__(self, tasks: Sequence[Task], *, batch_id: str | None = None) -> None:
+        self.id = batch_id or uuid.uuid4().hex
+        self.tasks: list[Task] = [t for t in tasks if not t.ignore]
+        self.launched_at = time.monotonic()
+        self._pending: set[uuid.UUID] = {t.id for t in self.tasks}
+        self._completed: list[TaskResult] = []
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self.duplicates = 0
+
+    @property
+    def state(self) -> BatchState:
+        if self._closed:
+            return BatchState.CLOSED
+        return BatchState.RUNNING if self._pending else BatchState.DONE
+
+    @property
+    def running(self) -> bool:
+        """True while some task has no result yet."""
+        return bool(self._pending) and not self._closed
+
+    @property
+    def pending(self) -> frozenset[uuid.UUID]:
+        """Ids of the tasks still waiting for a result."""
+        return frozenset(self._pending)
+
+    @property
+    def results(self) -> list[TaskResult]:
+        """The results so far, in completion order."""
+        return list(self._completed)
+
+    def deliver(self, result: TaskResult) -> bool:
+        """Record ``result``; ``False`` when its task already has one or isn't in the batch."""
+        if result.task_id not in self._pending:
+            self.duplicates += 1
+            return False
+        self._pending.discard(result.task_id)
+        self._completed.append(result)
+        self._wakeup.set()
+        return True
+
+    def fail_pending(self, code: ErrorCode) -> int:
+        """End every task still waiting with error ``code``; returns how many."""
+        error = TaskError.of(code)
+        pending = [t for t in self.tasks if t.id in self._pending]
+        now = time.monotonic()
+        for task in pending:
+            self.deliver(TaskResult(task_id=task.id, error=error, elapsed=now - self.launched_at))
+        return len(pending)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(f"batch {self.id} is closed")
+
+    async def __aiter__(self) -> AsyncIterator[TaskResult]:
+        self._check_open()
+        index = 0
+        while True:
+            while index < len(self._completed):
+                yield self._completed[index]
+                index += 1
+            if not self._pending:
+                return
+            self._check_open()
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def wait(self) -> list[TaskResult]:
+        """Every result, once all are in, in completion order."""
+        return [result async for result in self]
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __repr__(self) -> str:
+        return f"<Batch {self.id} {self.state.value} {len(self._completed)}/{len(self.tasks)}>"

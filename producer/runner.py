@@ -1,0 +1,173 @@
+"""``TaskRunner``: the TRS API, the same in local and remote mode.
+
+async with TaskRunner(mode="local", service_name="inventory") as runner:
+    tasks = runner.create_task_list(Task(service_name="inventory", request=...), 100)
+    batch = await runner.launch(tasks)
+    async for result in batch:
+        ...
+    await runner.close(batch)
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Literal, Self
+
+from producer.backend import Backend
+from producer.batch import Batch
+from shared.engine import DEFAULT_MAX_RESPONSE_BYTES, Engine, TargetAllowlist, TlsConfig
+from shared.errors import UsageError
+from shared.models import Task, normalize_service_name
+
+__all__ = ["DEFAULT_MAX_INFLIGHT", "Mode", "RunnerState", "TaskRunner"]
+
+Mode = Literal["local", "remote"]
+#: Tasks one runner keeps in flight at once, across its batches.
+DEFAULT_MAX_INFLIGHT = 1000
+
+
+class RunnerState(enum.Enum):
+    UNOPENED = "unopened"  #: built, not yet entered or used
+    OPENED = "opened"  #: in use
+    CLOSED = "closed"  #: cleaned up; it can't be used again
+
+
+class TaskRunner:
+    """Runs batches of HTTP tasks and yields each result as its task completes.
+
+    Keyword-only. ``mode="local"`` runs tasks in this process; ``mode="remote"`` sends them
+    through Kafka to ``trs-worker`` processes. ``transport`` picks the local engine's HTTP
+    transport (``"pyreqwest"``, the default, or ``"httpx"``).
+    """
+
+    def __init__(
+        self,
+        *,
+        service_name: str,
+        mode: Mode = "local",
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        transport: str = "pyreqwest",
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        tls: TlsConfig | None = None,
+        allowed_targets: Sequence[str] = (),
+        backend: Backend | None = None,
+    ) -> None:
+        if mode not in ("local", "remote"):
+            raise UsageError(f"mode must be 'local' or 'remote', got {mode!r}")
+        if max_inflight < 1:
+            raise UsageError(f"max_inflight must be at least 1, got {max_inflight}")
+        try:
+            self.service_name = normalize_service_name(service_name)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        self.mode: Mode = mode
+        self._state = RunnerState.UNOPENED
+        self._batches: dict[str, Batch] = {}
+        if backend is not None:
+            self._backend = backend
+        elif mode == "local":
+            from producer.local import LocalBackend
+
+            engine = Engine(
+                transport=transport,
+                tls=tls,
+                max_response_bytes=max_response_bytes,
+                allowlist=TargetAllowlist(allowed_targets),
+            )
+            self._backend = LocalBackend(engine, max_inflight=max_inflight)
+        else:
+            raise UsageError("mode='remote' needs a remote backend")
+
+    @property
+    def state(self) -> RunnerState:
+        return self._state
+
+    def _use(self) -> None:
+        if self._state is RunnerState.CLOSED:
+            raise UsageError("this TaskRunner was cleaned up; create a new one")
+        self._state = RunnerState.OPENED
+
+    def create_task_list(self, source: Task, n: int) -> list[Task]:
+        """``n`` deep copies of ``source``, each with a fresh id and this runner's service name."""
+        if not isinstance(source, Task):
+            raise UsageError(f"source must be a Task, got {type(source).__name__}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise UsageError(f"n must be a non-negative integer, got {n!r}")
+        # Validating from a plain dump builds new headers lists and models for every copy.
+        template = source.model_dump(exclude={"id"})
+        template["service_name"] = self.service_name
+        return [Task.model_validate(template) for _ in range(n)]
+
+    async def launch(self, tasks: Sequence[Task] | Batch) -> Batch:
+        """Start the tasks and return their ``Batch``; ignored tasks are never sent."""
+        self._use()
+        if isinstance(tasks, Batch):
+            state = "closed" if tasks.state.value == "closed" else "already launched"
+            raise UsageError(f"batch {tasks.id} is {state}; launch a new task list instead")
+        if isinstance(tasks, str | bytes) or not isinstance(tasks, Sequence):
+            raise UsageError(f"launch takes a list of Task, got {type(tasks).__name__}")
+        bad = next((i for i, t in enumerate(tasks) if not isinstance(t, Task)), None)
+        if bad is not None:
+            raise UsageError(f"launch takes a list of Task; item {bad} is a {type(tasks[bad]).__name__}")
+        ids = [t.id for t in tasks]
+        if len(set(ids)) != len(ids):
+            raise UsageError("task ids in one batch must be unique; use create_task_list for copies")
+        batch = Batch(tasks)
+        self._batches[batch.id] = batch
+        await self._backend.start(batch)
+        return batch
+
+    def check(self, batch: Batch) -> bool:
+        """Whether ``batch`` still has tasks without a result."""
+        return batch.running
+
+    async def cancel(self, batch: Batch) -> None:
+        """Stop ``batch``: tasks in flight are cut and every open task ends ``cancelled``."""
+        if batch.running:
+            await self._backend.cancel(batch)
+
+    async def close(self, batch: Batch) -> None:
+        """Cancel ``batch`` if it runs and free everything it holds."""
+        if self._batches.pop(batch.id, None) is None:
+            return
+        await self._backend.close(batch)
+        batch.close()
+
+    async def alive(self, timeout: float = 5.0) -> bool:
+        """Whether this runner can run tasks (in remote mode: the broker answers within ``timeout``)."""
+        return await self._backend.alive(timeout)
+
+    def set_security(
+        self,
+        *,
+        ca_bundle: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        insecure: bool = False,
+    ) -> None:
+        """TLS for HTTPS targets of batches launched from now on. ``insecure`` is an explicit opt-in."""
+        self._backend.set_security(
+            TlsConfig(ca_bundle=ca_bundle, client_cert=client_cert, client_key=client_key, insecure=insecure)
+        )
+
+    async def cleanup(self) -> None:
+        """Close every batch and release every resource. The runner can't be used afterwards."""
+        if self._state is RunnerState.CLOSED:
+            return
+        for batch in list(self._batches.values()):
+            await self.close(batch)
+        await self._backend.aclose()
+        self._state = RunnerState.CLOSED
+
+    async def __aenter__(self) -> Self:
+        if self._state is not RunnerState.UNOPENED:
+            raise UsageError(f"a TaskRunner can be entered once; this one is {self._state.value}")
+        self._use()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.cleanup()

@@ -1,0 +1,182 @@
+"""The engine: runs one task to exactly one result.
+
+One deadline covers every attempt. Before each attempt the engine checks the deadline and the
+allowlist, then sends through the transport built for the task's transport policy. The retry
+decision and the delay come from ``shared.engine.retry``. Exception text goes to the log; a
+result carries only a code and that code's fixed message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from shared.engine.allowlist import TargetAllowlist
+from shared.engine.retry import backoff_delay, parse_retry_after, should_retry
+from shared.engine.transport import TlsConfig, Transport, TransportFactory
+from shared.errors import ErrorCode, InternalError, TaskFailed
+from shared.metrics import HTTP_REQUEST_DURATION, HTTP_RETRIES, status_class
+from shared.models import HttpRequest, HttpResponse, Task, TaskError, TaskResult, TransportPolicy
+
+__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "Engine", "transport_factory"]
+
+log = logging.getLogger(__name__)
+
+#: Largest response body a task may return; leaves room for the envelope under Kafka's 1 MB.
+DEFAULT_MAX_RESPONSE_BYTES = 900_000
+#: The transport used when none is named: the fastest one that meets every semantic, by measurement.
+DEFAULT_TRANSPORT = "pyreqwest"
+
+
+def transport_factory(name: str) -> TransportFactory:
+    """The factory of the transport called ``name`` (``pyreqwest`` or ``httpx``)."""
+    if name == "pyreqwest":
+        from shared.engine.pyreqwest_transport import PyreqwestTransport
+
+        return PyreqwestTransport
+    if name == "httpx":
+        from shared.engine.httpx_transport import HttpxTransport
+
+        return HttpxTransport
+    raise ValueError(f"unknown transport {name!r}: choose pyreqwest or httpx")
+
+
+def _with_user_agent(task: Task) -> HttpRequest:
+    if task.request.header("user-agent") is not None:
+        return task.request
+    return task.request.model_copy(update={"headers": [*task.request.headers, ("User-Agent", task.service_name)]})
+
+
+def _error(task: Task, code: ErrorCode, attempts: int, started: float, status: int | None = None) -> TaskResult:
+    error = TaskError.of(code)
+    if status is not None:
+        error = error.model_copy(update={"status_code": status})
+    return TaskResult(task_id=task.id, error=error, attempts=attempts, elapsed=time.monotonic() - started)
+
+
+class Engine:
+    """Runs tasks over pooled transports, one pool per distinct transport policy."""
+
+    def __init__(
+        self,
+        *,
+        transport: str | TransportFactory = DEFAULT_TRANSPORT,
+        tls: TlsConfig | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        allowlist: TargetAllowlist | None = None,
+    ) -> None:
+        self._factory: TransportFactory = transport_factory(transport) if isinstance(transport, str) else transport
+        self._tls = tls or TlsConfig()
+        self._max_response_bytes = max_response_bytes
+        self._allowlist = allowlist or TargetAllowlist()
+        self._transports: dict[tuple[TransportPolicy, TlsConfig], Transport] = {}
+        self._host_limits: dict[tuple[TransportPolicy, str], asyncio.Semaphore] = {}
+        self._clock: Callable[[], float] = time.monotonic
+
+    @property
+    def tls(self) -> TlsConfig:
+        return self._tls
+
+    def set_tls(self, tls: TlsConfig) -> None:
+        """Use ``tls`` for tasks started from now on; pools already open keep theirs until ``aclose``."""
+        self._tls = tls
+
+    async def run(self, task: Task, *, deadline: float | None = None) -> TaskResult:
+        """Run ``task`` until it has one outcome. ``deadline`` is on ``time.monotonic()``'s clock.
+
+        A task whose ``deadline`` passed before it started ends ``expired`` without being sent.
+        The task's own ``timeout`` always applies too, so a later ``deadline`` can't stretch it.
+        Cancelling the caller's asyncio task cancels the attempt in flight.
+        """
+        started = self._clock()
+        if (deadline is not None) and started >= deadline:
+            return _error(task, ErrorCode.EXPIRED, 0, started)
+        own_deadline = started + task.timeout
+        deadline = own_deadline if deadline is None else min(deadline, own_deadline)
+        if not self._allowlist.allows(task.request.url):
+            return _error(task, ErrorCode.TARGET_NOT_ALLOWED, 0, started)
+        request = _with_user_agent(task)
+        transport = self._transport_for(task.policy.transport)
+        policy = task.policy.retry
+        attempt = 0
+        while True:
+            if self._clock() >= deadline:
+                return _error(task, ErrorCode.TIMEOUT, attempt, started)
+            attempt += 1
+            outcome = await self._attempt(transport, request, task.policy.transport, deadline)
+            if outcome is None:
+                return _error(task, ErrorCode.TIMEOUT, attempt, started)
+            verdict = outcome.status_code if isinstance(outcome, HttpResponse) else outcome
+            if should_retry(attempt, verdict, policy):
+                retry_after = None
+                if isinstance(outcome, HttpResponse):
+                    retry_after = parse_retry_after(outcome.header("retry-after"))
+                delay = backoff_delay(attempt, policy, retry_after=retry_after)
+                if self._clock() + delay < deadline:
+                    HTTP_RETRIES.inc()
+                    await asyncio.sleep(delay)
+                    continue
+            return self._final(task, outcome, attempt, started)
+
+    def _final(self, task: Task, outcome: HttpResponse | TaskFailed, attempts: int, started: float) -> TaskResult:
+        elapsed = self._clock() - started
+        if isinstance(outcome, TaskFailed):
+            return _error(task, outcome.code, attempts, started)
+        if attempts > 1 and should_retry(0, outcome.status_code, task.policy.retry):
+            return _error(task, ErrorCode.RETRIES_EXHAUSTED, attempts, started, outcome.status_code)
+        return TaskResult(task_id=task.id, response=outcome, attempts=attempts, elapsed=elapsed)
+
+    async def _attempt(
+        self, transport: Transport, request: HttpRequest, policy: TransportPolicy, deadline: float
+    ) -> HttpResponse | TaskFailed | None:
+        """One attempt's outcome: a response, an engine error, or ``None`` when the deadline cut it."""
+        limit = self._host_limit(policy, request.url)
+        sent = self._clock()
+        remaining = deadline - sent
+        status: int | None = None
+        try:
+            async with asyncio.timeout(remaining):
+                if limit is None:
+                    response = await transport.send(request, max_body_bytes=self._max_response_bytes, timeout=remaining)
+                else:
+                    async with limit:
+                        response = await transport.send(
+                            request, max_body_bytes=self._max_response_bytes, timeout=deadline - self._clock()
+                        )
+            status = response.status_code
+            return response
+        except TimeoutError:
+            return None
+        except TaskFailed as exc:
+            log.debug("attempt failed: %s", exc, exc_info=exc.__cause__)
+            return exc
+        except Exception as exc:
+            log.exception("unexpected error in transport %s", type(transport).__name__)
+            return InternalError(type(exc).__name__)
+        finally:
+            HTTP_REQUEST_DURATION.labels(request.method, status_class(status)).observe(self._clock() - sent)
+
+    def _transport_for(self, policy: TransportPolicy) -> Transport:
+        key = (policy, self._tls)
+        transport = self._transports.get(key)
+        if transport is None:
+            transport = self._transports[key] = self._factory(policy, self._tls)
+        return transport
+
+    def _host_limit(self, policy: TransportPolicy, url: str) -> asyncio.Semaphore | None:
+        if policy.max_connections_per_host is None:
+            return None
+        key = (policy, urlsplit(url).netloc)
+        limit = self._host_limits.get(key)
+        if limit is None:
+            limit = self._host_limits[key] = asyncio.Semaphore(policy.max_connections_per_host)
+        return limit
+
+    async def aclose(self) -> None:
+        """Close every pool."""
+        transports, self._transports = list(self._transports.values()), {}
+        self._host_limits.clear()
+        await asyncio.gather(*(t.aclose() for t in transports), return_exceptions=True)

@@ -1,0 +1,90 @@
+"""The httpx transport: portable and well known, but slow under high concurrency (encode/httpx#3215)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import httpx
+
+from shared.engine.transport import TlsConfig, Transport, chain_has_ssl_error
+from shared.errors import ConnectFailed, InternalError, ResponseTooLarge, TaskTimeout, TlsFailed
+from shared.models import HttpRequest, HttpResponse, TransportPolicy
+
+__all__ = ["HttpxTransport"]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _map_httpx_errors() -> Iterator[None]:
+    """The one place where httpx exceptions become engine errors."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise TaskTimeout("attempt timed out") from exc
+    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        if chain_has_ssl_error(exc):
+            raise TlsFailed("TLS handshake failed") from exc
+        raise ConnectFailed("connection failed") from exc
+    except ResponseTooLarge:
+        raise
+    except Exception as exc:
+        if chain_has_ssl_error(exc):
+            raise TlsFailed("TLS handshake failed") from exc
+        log.exception("unexpected httpx failure")
+        raise InternalError("unexpected transport failure") from exc
+
+
+class HttpxTransport(Transport):
+    """A transport on ``httpx.AsyncClient``."""
+
+    def __init__(self, policy: TransportPolicy, tls: TlsConfig) -> None:
+        keepalive = (policy.max_connections or 1000) if policy.keep_alive else 0
+        self._client = httpx.AsyncClient(
+            verify=tls.ssl_context(),
+            follow_redirects=False,
+            trust_env=False,
+            timeout=httpx.Timeout(
+                None,
+                connect=policy.tls_handshake_timeout,
+                read=policy.response_header_timeout,
+            ),
+            limits=httpx.Limits(
+                max_connections=policy.max_connections,
+                max_keepalive_connections=keepalive,
+                keepalive_expiry=policy.idle_timeout,
+            ),
+        )
+        # Bodies come back as the server sent them, so no encoding is asked for unless the task does;
+        # the User-Agent is the engine's to set.
+        del self._client.headers["Accept-Encoding"]
+        del self._client.headers["User-Agent"]
+        self._keep_alive = policy.keep_alive
+
+    async def send(self, request: HttpRequest, *, max_body_bytes: int, timeout: float) -> HttpResponse:
+        headers = list(request.headers)
+        if not self._keep_alive:
+            headers.append(("Connection", "close"))
+        with _map_httpx_errors():
+            built = self._client.build_request(
+                request.method, request.url, headers=headers, content=request.body or None
+            )
+            response = await self._client.send(built, stream=True)
+            try:
+                body = bytearray()
+                async for chunk in response.aiter_raw():
+                    body += chunk
+                    if len(body) > max_body_bytes:
+                        raise ResponseTooLarge(f"body over {max_body_bytes} bytes")
+            finally:
+                await response.aclose()
+        return HttpResponse(
+            status_code=response.status_code,
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw],
+            body=bytes(body),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
