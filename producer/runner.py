@@ -101,7 +101,10 @@ class TaskRunner:
         return [Task.model_validate(template) for _ in range(n)]
 
     async def launch(self, tasks: Sequence[Task] | Batch) -> Batch:
-        """Start the tasks and return their ``Batch``; ignored tasks are never sent."""
+        """Start the tasks and return their ``Batch``; ignored tasks are never sent.
+
+        Each task is stamped with this runner's service name.
+        """
         self._use()
         if isinstance(tasks, Batch):
             state = "closed" if tasks.state.value == "closed" else "already launched"
@@ -114,6 +117,10 @@ class TaskRunner:
         ids = [t.id for t in tasks]
         if len(set(ids)) != len(ids):
             raise UsageError("task ids in one batch must be unique; use create_task_list for copies")
+        for t in tasks:
+            # As in Go TRS, the runner's service name is the one that counts: it names the topics.
+            if t.service_name != self.service_name:
+                t.service_name = self.service_name
         batch = Batch(tasks)
         self._batches[batch.id] = batch
         await self._backend.start(batch)

@@ -1,7 +1,7 @@
 """A real HTTP(S) server on loopback for behaviour tests, scripted by its URL.
 
-It runs aiohttp in its own thread with its own event loop, so it keeps serving whatever the
-test's loop is doing, and worker subprocesses can reach it too.
+It runs aiohttp in a child process, so it neither shares the interpreter lock with the client
+under test nor depends on the test's event loop; tests read its counters over HTTP.
 
 Routes:
     /ok                      200 "ok"
@@ -12,6 +12,8 @@ Routes:
     /echo                    JSON of the method, headers (as a list) and body (base64)
     /cookies                 two Set-Cookie headers
     /hits/{key}              how many times key K was hit, as text
+    /peak/{key}              the most /sleep requests of key K that were open at once
+    /stats                   JSON counters of the /sleep route
 """
 
 from __future__ import annotations
@@ -20,11 +22,16 @@ import asyncio
 import base64
 import contextlib
 import json
+import signal
 import ssl
-import threading
+import subprocess
+import sys
+import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -38,6 +45,8 @@ class TargetState:
     slept_to_end: int = 0
     sleep_cancelled: int = 0
     peak_sleeping: int = 0
+    sleeping_by_key: Counter[str] = field(default_factory=Counter)
+    peak_by_key: Counter[str] = field(default_factory=Counter)
 
 
 def _app(state: TargetState) -> web.Application:
@@ -63,8 +72,11 @@ def _app(state: TargetState) -> web.Application:
 
     async def sleep(request: web.Request) -> web.Response:
         _count(request)
+        key = request.query.get("key", "")
         state.sleeping += 1
         state.peak_sleeping = max(state.peak_sleeping, state.sleeping)
+        state.sleeping_by_key[key] += 1
+        state.peak_by_key[key] = max(state.peak_by_key[key], state.sleeping_by_key[key])
         try:
             await asyncio.sleep(float(request.query.get("s", "1")))
             state.slept_to_end += 1
@@ -73,6 +85,7 @@ def _app(state: TargetState) -> web.Application:
             raise
         finally:
             state.sleeping -= 1
+            state.sleeping_by_key[key] -= 1
         return web.Response(text="slept")
 
     async def many_bytes(request: web.Request) -> web.Response:
@@ -96,6 +109,13 @@ def _app(state: TargetState) -> web.Application:
     async def hits(request: web.Request) -> web.Response:
         return web.Response(text=str(state.hits[request.match_info["key"]]))
 
+    async def peak(request: web.Request) -> web.Response:
+        return web.Response(text=str(state.peak_by_key[request.match_info["key"]]))
+
+    async def stats(request: web.Request) -> web.Response:
+        counters = {k: v for k, v in asdict(state).items() if isinstance(v, int)}
+        return web.Response(text=json.dumps(counters), content_type="application/json")
+
     app = web.Application(handler_args={"handler_cancellation": True})
     app.router.add_route("*", "/ok", ok)
     app.router.add_route("*", "/status/{code}", status)
@@ -105,53 +125,97 @@ def _app(state: TargetState) -> web.Application:
     app.router.add_route("*", "/echo", echo)
     app.router.add_route("*", "/cookies", cookies)
     app.router.add_get("/hits/{key}", hits)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/peak/{key}", peak)
     return app
 
 
 @dataclass
 class HttpTarget:
-    """Base URLs of the running servers and their shared state."""
+    """Base URLs of the running servers."""
 
     http: str
     https: str
     mtls: str
-    state: TargetState
+
+    def stats(self) -> dict[str, int]:
+        """The server's counters: sleeping, slept_to_end, sleep_cancelled, peak_sleeping."""
+        with urllib.request.urlopen(f"{self.http}/stats", timeout=5) as response:
+            data: dict[str, int] = json.load(response)
+            return data
+
+    def hits(self, key: str) -> int:
+        """How many requests key ``key`` got."""
+        with urllib.request.urlopen(f"{self.http}/hits/{key}", timeout=5) as response:
+            return int(response.read())
+
+    def peak(self, key: str) -> int:
+        """The most ``/sleep`` requests of key ``key`` that were open at once."""
+        with urllib.request.urlopen(f"{self.http}/peak/{key}", timeout=5) as response:
+            return int(response.read())
 
 
 @contextlib.contextmanager
-def http_target(server_tls: ssl.SSLContext, mtls: ssl.SSLContext) -> Iterator[HttpTarget]:
-    """Serve the routes over HTTP, HTTPS and HTTPS-with-client-certificates on loopback."""
-    state = TargetState()
-    loop = asyncio.new_event_loop()
+def http_target(cert_dir: Path) -> Iterator[HttpTarget]:
+    """Serve the routes in a child process over HTTP, HTTPS and HTTPS with client certificates.
+
+    ``cert_dir`` holds ``server.pem`` (key and chain) and ``ca.pem``, the CA that client
+    certificates must chain to.
+    """
     ports = [free_port() for _ in range(3)]
-    started = threading.Event()
-    runner = web.AppRunner(_app(state), access_log=None, shutdown_timeout=0.5)
-
-    async def start() -> None:
-        await runner.setup()
-        for port, context in zip(ports, [None, server_tls, mtls], strict=True):
-            site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=context, backlog=4096)
-            await site.start()
-        started.set()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    thread = threading.Thread(target=serve, name="http-target", daemon=True)
-    thread.start()
-    if not started.wait(10):
-        raise RuntimeError("the HTTP target did not start")
+    command = [sys.executable, "-m", "tests.http_target", str(cert_dir), *map(str, ports)]
+    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1])
+    target = HttpTarget(
+        http=f"http://127.0.0.1:{ports[0]}",
+        https=f"https://127.0.0.1:{ports[1]}",
+        mtls=f"https://127.0.0.1:{ports[2]}",
+    )
     try:
-        yield HttpTarget(
-            http=f"http://127.0.0.1:{ports[0]}",
-            https=f"https://127.0.0.1:{ports[1]}",
-            mtls=f"https://127.0.0.1:{ports[2]}",
-            state=state,
-        )
+        _wait_until_up(target, process)
+        yield target
     finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def _wait_until_up(target: HttpTarget, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the HTTP target exited with {process.returncode}")
+        try:
+            target.stats()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the HTTP target did not start within 15 s")
+
+
+async def _serve(cert_dir: Path, ports: list[int]) -> None:
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_dir / "server.pem")
+    mtls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(cert_dir / "ca.pem"))
+    mtls.load_cert_chain(cert_dir / "server.pem")
+    mtls.verify_mode = ssl.CERT_REQUIRED
+    runner = web.AppRunner(_app(TargetState()), access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    for port, context in zip(ports, [None, server_tls, mtls], strict=True):
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context, backlog=4096).start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(_serve(Path(sys.argv[1]), [int(p) for p in sys.argv[2:5]]))
