@@ -13,6 +13,7 @@ The tree is shallow so a caller can catch at the depth it needs::
     │   └── InternalError           internal
     ├── InvalidEnvelope             invalid_task: bytes on the wire that are not a valid envelope
     ├── BrokerUnavailable           the Kafka broker did not answer in time
+    ├── TopicMissing                a topic TRS needs does not exist, and TRS won't create it here
     └── UsageError                  the caller misused the API (closed batch, bad arguments)
 
 Every result carries a fixed message per code; exception text stays in the logs.
@@ -35,6 +36,7 @@ __all__ = [
     "TaskFailed",
     "TaskTimeout",
     "TlsFailed",
+    "TopicMissing",
     "TrsError",
     "UsageError",
 ]
@@ -47,7 +49,7 @@ class ErrorCode(StrEnum):
     CONNECT_ERROR = "connect_error"  #: the target could not be reached
     TLS_ERROR = "tls_error"  #: the TLS handshake failed (certificate, CA, client certificate)
     RETRIES_EXHAUSTED = "retries_exhausted"  #: every attempt got a retryable status
-    CANCELLED = "cancelled"  #: the batch was cancelled before the task finished
+    CANCELLED = "cancelled"  #: the batch was cancelled, or a stopping worker cut the task, before it finished
     EXPIRED = "expired"  #: the deadline had passed before the task started
     INVALID_TASK = "invalid_task"  #: the task message could not be decoded or validated
     TARGET_NOT_ALLOWED = "target_not_allowed"  #: the target is outside the worker's allowlist
@@ -62,7 +64,7 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.CONNECT_ERROR: "could not connect to the target",
     ErrorCode.TLS_ERROR: "the TLS handshake with the target failed",
     ErrorCode.RETRIES_EXHAUSTED: "every attempt failed with a retryable outcome",
-    ErrorCode.CANCELLED: "the batch was cancelled",
+    ErrorCode.CANCELLED: "the task was cancelled before it finished",
     ErrorCode.EXPIRED: "the task's deadline passed before it started",
     ErrorCode.INVALID_TASK: "the task message is not a valid TRS task",
     ErrorCode.TARGET_NOT_ALLOWED: "the target is not in the worker's allowlist",
@@ -140,6 +142,10 @@ class InvalidEnvelope(TrsError):
 
 class BrokerUnavailable(TrsError):
     """The Kafka broker did not answer within the timeout."""
+
+
+class TopicMissing(TrsError):
+    """A topic TRS needs does not exist; ``trs topics init`` creates the shared ones."""
 
 
 class UsageError(TrsError, ValueError):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -32,12 +34,18 @@ __all__ = [
     "DLQ_TOPIC",
     "HEADER_BATCH_ID",
     "HEADER_CONTENT_TYPE",
+    "HEADER_DLQ_OFFSET",
+    "HEADER_DLQ_PARTITION",
     "HEADER_DLQ_REASON",
+    "HEADER_DLQ_TOPIC",
     "HEADER_SCHEMA",
     "HEADER_TASK_ID",
     "REPLY_TOPIC_PREFIX_RE",
     "REQUEST_TOPIC_PATTERN",
     "KafkaHeaders",
+    "batch_of_reply_topic",
+    "batch_times",
+    "dead_letter_headers",
     "decode_cancel",
     "decode_result",
     "decode_task",
@@ -45,6 +53,7 @@ __all__ = [
     "encode_result",
     "encode_task",
     "header_value",
+    "new_batch_id",
     "reply_topic",
     "request_topic",
 ]
@@ -55,6 +64,8 @@ DLQ_TOPIC = "trs-dlq"
 REQUEST_TOPIC_PATTERN = r"^trs-.*-http-v1-send$"
 #: Matches a reply topic and captures its service and batch id.
 REPLY_TOPIC_PREFIX_RE = re.compile(r"^trs-(?P<service>[a-z0-9-]+)-http-v1-rcv-(?P<batch>[A-Za-z0-9_-]+)$")
+
+_BATCH_ID_RE = re.compile(r"^(?P<created>[0-9a-f]{1,12})-(?P<expires>[0-9a-f]{1,12})-[0-9a-f]{12}$")
 
 HEADER_SCHEMA = "trs-schema"
 HEADER_CONTENT_TYPE = "content-type"
@@ -82,6 +93,45 @@ def request_topic(service_name: str) -> str:
 def reply_topic(service_name: str, batch_id: str) -> str:
     """The reply topic of one batch."""
     return f"trs-{normalize_service_name(service_name)}-http-v1-rcv-{batch_id}"
+
+
+def new_batch_id(created: datetime, expires: datetime) -> str:
+    """A batch id that carries when its batch was created and when its last deadline (plus grace) passes.
+
+    ``trs topics gc`` reads both from the reply topic's name, so it can tell an orphan (its
+    batch has expired) from a live batch without asking anyone.
+    """
+    return f"{int(created.timestamp()):x}-{int(expires.timestamp()):x}-{secrets.token_hex(6)}"
+
+
+def batch_times(batch_id: str) -> tuple[datetime, datetime] | None:
+    """``(created, expires)`` of a batch id made by ``new_batch_id``, or ``None`` for any other id."""
+    match = _BATCH_ID_RE.match(batch_id)
+    if match is None:
+        return None
+    created, expires = (datetime.fromtimestamp(int(match.group(g), 16), UTC) for g in ("created", "expires"))
+    return created, expires
+
+
+def batch_of_reply_topic(topic: str) -> str | None:
+    """The batch id in reply topic ``topic``, or ``None`` if it isn't one."""
+    match = REPLY_TOPIC_PREFIX_RE.match(topic)
+    return None if match is None else match.group("batch")
+
+
+def dead_letter_headers(
+    reason: str, *, topic: str, partition: int, offset: int, original: HeadersIn = None
+) -> KafkaHeaders:
+    """The headers of a dead-letter record: the original ones, then the reason and the source."""
+    pairs = original.items() if isinstance(original, Mapping) else original or ()
+    headers: KafkaHeaders = [(key, value) for key, value in pairs if not key.startswith("trs-dlq-")]
+    headers += [
+        (HEADER_DLQ_REASON, reason.encode()),
+        (HEADER_DLQ_TOPIC, topic.encode()),
+        (HEADER_DLQ_PARTITION, str(partition).encode()),
+        (HEADER_DLQ_OFFSET, str(offset).encode()),
+    ]
+    return headers
 
 
 def header_value(headers: HeadersIn, name: str) -> bytes | None:

@@ -15,7 +15,8 @@ import pytest
 
 from producer import ErrorCode, HttpRequest, Task, TaskResult, TlsConfig
 from producer.embedded_broker import free_port
-from tests.behaviour.conftest import Certs, RunnerFactory
+from tests.behaviour.conftest import RunnerFactory
+from tests.conftest import Certs
 from tests.http_target import HttpTarget
 
 

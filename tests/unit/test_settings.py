@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.settings import EngineSettings, KafkaSettings
+from shared.settings import EngineSettings, KafkaSettings, WorkerSettings
 
 
 def test_kafka_settings_read_env_and_pass_security_to_librdkafka(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,8 +51,32 @@ def test_engine_allowlist_splits_commas(monkeypatch: pytest.MonkeyPatch) -> None
     assert EngineSettings().allowed_targets == ["10.0.0.0/8", "bmc.local"]
 
 
-def test_bad_engine_setting_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRS_ENGINE_MAX_INFLIGHT", "0")
+def test_bad_worker_setting_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRS_WORKER_MAX_INFLIGHT", "0")
 
     with pytest.raises(ValueError, match="max_inflight"):
+        WorkerSettings()
+
+
+def test_bad_engine_setting_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRS_ENGINE_TRANSPORT", "curl")
+
+    with pytest.raises(ValueError, match="transport"):
         EngineSettings()
+
+
+def test_worker_poll_interval_must_cover_the_session_timeout() -> None:
+    with pytest.raises(ValueError, match="max_poll_interval_ms must be at least session_timeout_ms"):
+        WorkerSettings(session_timeout_ms=10_000, max_poll_interval_ms=6_000)
+
+
+def test_worker_settings_read_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRS_WORKER_INSTANCE_ID", "trs-worker-0")
+    monkeypatch.setenv("TRS_WORKER_TOPICS", "trs-a-http-v1-send, trs-b-http-v1-send")
+    monkeypatch.setenv("TRS_WORKER_LOG_LEVEL", "debug")
+
+    settings = WorkerSettings()
+
+    assert settings.instance_id == "trs-worker-0"
+    assert settings.topics == ["trs-a-http-v1-send", "trs-b-http-v1-send"]
+    assert settings.log_level == "DEBUG"

@@ -1,0 +1,5 @@
+"""``python -m consumer`` runs ``trs-worker``."""
+
+from consumer.cli import main
+
+main()

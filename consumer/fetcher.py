@@ -1,0 +1,315 @@
+"""The fetcher: the one thread that talks to the group consumer and the control consumer.
+
+librdkafka's consumer calls block, and its rebalance callbacks run on whichever thread polls. So
+one thread owns the group consumer, the control consumer and every commit; none of those calls
+runs on the event loop, and no two of them run at once. Each round, in order:
+
+* flow control: pause every partition when the worker's backlog is full, resume when it drains,
+  and keep polling either way, so ``max.poll.interval.ms`` is never hit;
+* commit the offsets that moved (see ``consumer.offsets``), at most every ``commit_interval``;
+* consume a batch: block for the first message only, then take what is already fetched, because
+  ``consume(n, timeout)`` would otherwise wait out the whole timeout for a partial batch;
+* track each record's offset, then hand the batch to the event loop;
+* read cancel orders from ``trs-control``, serve the producer's delivery reports, refresh lag.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from consumer.offsets import Commit, OffsetTracker, TopicPartitionKey
+from shared.errors import InvalidEnvelope, TopicMissing
+from shared.metrics import WORKER_PARTITION_LAG
+from shared.models import CancelEnvelope
+from shared.wire import CONTROL_TOPIC, decode_cancel
+
+__all__ = ["Fetcher", "FetcherConfig", "Record"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between refreshes of the per-partition lag gauges.
+LAG_INTERVAL = 2.0
+#: Most cancel orders read in one round.
+CONTROL_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A consumed task message, where it came from, and the assignment epoch it was consumed in."""
+
+    message: Message
+    key: TopicPartitionKey
+    offset: int
+    epoch: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class FetcherConfig:
+    """What the fetcher needs besides its clients."""
+
+    topics: Sequence[str]
+    max_backlog: int
+    consume_batch: int
+    commit_interval: float
+    poll_timeout: float = 0.1
+
+
+class Fetcher:
+    """Runs the consume loop on its own thread; see the module docstring for one round."""
+
+    def __init__(
+        self,
+        *,
+        consumer_config: dict[str, Any],
+        control_config: dict[str, Any],
+        producer: Producer,
+        tracker: OffsetTracker,
+        config: FetcherConfig,
+        taken: Callable[[], int],
+        on_records: Callable[[list[Record]], object],
+        on_cancel: Callable[[CancelEnvelope], object],
+        on_failure: Callable[[BaseException], object],
+    ) -> None:
+        self._consumer = Consumer({**consumer_config, "on_commit": self._on_commit})
+        self._control = Consumer(control_config)
+        self._producer = producer
+        self._tracker = tracker
+        self._config = config
+        self._taken = taken
+        # Records handed to the event loop; written by this thread only, as ``taken`` is by the loop.
+        self._handed = 0
+        self._on_records = on_records
+        self._on_cancel = on_cancel
+        self._on_failure = on_failure
+        self._thread = threading.Thread(target=self._main, name="trs-fetcher", daemon=True)
+        self._fetching = threading.Event()
+        self._closing = threading.Event()
+        self._joined = threading.Event()
+        self._paused = False
+        self._repause = False
+        self._last_commit = 0.0
+        self._last_lag = 0.0
+        self._lag_labels: set[TopicPartitionKey] = set()
+        #: ``time.monotonic()`` at the end of the last round; the health check reads it.
+        self.last_beat = time.monotonic()
+
+    # The event loop's side ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._consumer.subscribe(
+            list(self._config.topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        self._assign_control()
+        self._fetching.set()
+        self._thread.start()
+
+    @property
+    def joined(self) -> bool:
+        """Whether the consumer is a member of its group with an assignment (possibly empty)."""
+        return self._joined.is_set()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop_fetching(self) -> None:
+        """Take no more records; partitions are paused on the next round and polling goes on."""
+        self._fetching.clear()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Commit what is done, leave the group and end the thread. Blocks; call it off the loop."""
+        self._closing.set()
+        self._thread.join(timeout)
+
+    # The fetcher thread ---------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            while not self._closing.is_set():
+                self._round()
+            self._shut_down()
+        except BaseException as exc:
+            log.exception("the fetcher thread failed")
+            self._on_failure(exc)
+
+    def _round(self) -> None:
+        room = self._flow_control()
+        self._commit_if_due()
+        records = self._consume(room)
+        if records:
+            self._handed += len(records)
+            self._on_records(records)
+        self._read_control()
+        self._producer.poll(0)
+        self._refresh_lag()
+        self.last_beat = time.monotonic()
+
+    def _flow_control(self) -> int:
+        """Pause or resume as the backlog demands; returns how many records there is room for."""
+        backlog = self._handed - self._taken()
+        room = self._config.max_backlog - backlog if self._fetching.is_set() else 0
+        want_paused = room <= 0
+        if want_paused and (self._repause or not self._paused):
+            self._set_paused(True)
+        elif self._paused and room >= max(1, self._config.max_backlog // 2):
+            self._set_paused(False)
+        return room
+
+    def _set_paused(self, paused: bool) -> None:
+        partitions = self._consumer.assignment()
+        if paused:
+            self._consumer.pause(partitions)
+        else:
+            self._consumer.resume(partitions)
+        self._paused = paused
+        self._repause = False
+
+    def _consume(self, room: int) -> list[Record]:
+        # Even with no room the consumer is polled, to serve rebalances and stay in the group.
+        # Whatever it returns is tracked and handed on: its position has moved past it, so a
+        # record dropped here would never be read again. The worker decides whether it runs.
+        limit = max(1, min(room, self._config.consume_batch))
+        messages = self._consumer.consume(1, self._config.poll_timeout)
+        if messages and limit > 1:
+            messages += self._consumer.consume(limit - 1, 0)
+        records = []
+        for message in messages:
+            error = message.error()
+            offset = message.offset()
+            if error is not None or offset is None:
+                self._log_consume_error(error)
+                continue
+            key = (message.topic() or "", message.partition() or 0)
+            epoch = self._tracker.track(key, offset)
+            if epoch is not None:
+                records.append(Record(message, key, offset, epoch))
+        return records
+
+    @staticmethod
+    def _log_consume_error(error: KafkaError | None) -> None:
+        if (error is None) or error.code() == KafkaError._PARTITION_EOF:
+            return
+        log.warning("consume error: %s", error.str())
+
+    def _commit_if_due(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_commit < self._config.commit_interval:
+            return
+        self._last_commit = now
+        commits = self._tracker.commits_due()
+        if commits:
+            self._commit(commits, asynchronous=not force)
+
+    def _commit(self, commits: list[Commit], *, asynchronous: bool) -> None:
+        offsets = [TopicPartition(c.topic, c.partition, c.offset) for c in commits]
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("commit failed, will retry: %s", exc)
+            self._tracker.commit_failed(((c.topic, c.partition), c.offset) for c in commits)
+            return
+        self._tracker.commit_sent(commits)
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """librdkafka's ``on_commit`` callback: a failed commit is sent again next round."""
+        failed = [p for p in partitions if (error is not None) or (p.error is not None)]
+        if failed:
+            log.warning("commit of %d partitions failed, will retry: %s", len(failed), error)
+            self._tracker.commit_failed(((p.topic, p.partition), p.offset) for p in failed)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        self._tracker.assign(keys)
+        self._joined.set()
+        # New partitions arrive resumed; pause them next round if the backlog is still full.
+        self._repause = self._paused
+        if keys:
+            log.info("assigned %s", _describe(keys))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        commits = self._tracker.revoke(keys)
+        if commits:
+            # Commit what is safe now; whatever is still running is left to the next owner.
+            self._commit(commits, asynchronous=False)
+        self._forget_lag(keys)
+        if keys:
+            log.info("revoked %s", _describe(keys))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(p.topic, p.partition) for p in partitions]
+        self._tracker.revoke(keys)
+        self._forget_lag(keys)
+        self._joined.clear()
+        log.warning("lost %s; it may be reassigned", _describe(keys))
+
+    def _assign_control(self) -> None:
+        metadata = self._control.list_topics(CONTROL_TOPIC, timeout=10)
+        topic = metadata.topics.get(CONTROL_TOPIC)
+        if topic is None or topic.error is not None:
+            raise TopicMissing(f"topic {CONTROL_TOPIC} does not exist: create it with 'trs topics init'")
+        # Every worker reads every cancel order, so the control topic is assigned, not subscribed.
+        self._control.assign([TopicPartition(CONTROL_TOPIC, p, OFFSET_BEGINNING) for p in topic.partitions])
+
+    def _read_control(self) -> None:
+        for message in self._control.consume(CONTROL_BATCH, 0):
+            if message.error() is not None:
+                self._log_consume_error(message.error())
+                continue
+            try:
+                order = decode_cancel(message.value(), message.headers())
+            except InvalidEnvelope as exc:
+                log.warning("ignored a bad record on %s at offset %s: %s", CONTROL_TOPIC, message.offset(), exc)
+                continue
+            self._on_cancel(order)
+
+    def _refresh_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag < LAG_INTERVAL:
+            return
+        self._last_lag = now
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return
+        for position in self._consumer.position(assignment):
+            try:
+                _, high = self._consumer.get_watermark_offsets(position, cached=True)
+            except KafkaException:
+                continue
+            if high < 0 or position.offset < 0:
+                continue
+            key = (position.topic, position.partition)
+            WORKER_PARTITION_LAG.labels(position.topic, str(position.partition)).set(max(0, high - position.offset))
+            self._lag_labels.add(key)
+
+    def _forget_lag(self, keys: list[TopicPartitionKey]) -> None:
+        for key in keys:
+            if key in self._lag_labels:
+                self._lag_labels.discard(key)
+                WORKER_PARTITION_LAG.remove(key[0], str(key[1]))
+
+    def _shut_down(self) -> None:
+        self._commit_if_due(force=True)
+        self._control.close()
+        # Leaves the group; the revoke callback commits anything that finished meanwhile.
+        self._consumer.close()
+        self._joined.clear()
+        log.info("left the consumer group")
+
+
+def _describe(keys: list[TopicPartitionKey]) -> str:
+    return ", ".join(f"{topic}[{partition}]" for topic, partition in sorted(keys))

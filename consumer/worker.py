@@ -1,0 +1,276 @@
+"""The trs-worker: consume task messages, run them on the engine, produce each result.
+
+``Worker.run`` reads top-down: start, then beat until told to stop, then drain. Work flows like this:
+
+1. The fetcher thread (``consumer.fetcher``) consumes task messages in batches, tracks each offset
+   as incomplete and hands the batch to the event loop's queue.
+2. ``max_inflight`` runner coroutines take records from the queue. Each decodes its message,
+   skips a cancelled batch's task, runs the task on the same engine local mode uses (the engine
+   ends a task whose deadline has passed ``expired`` without sending it), and produces the
+   result. A message that can't be decoded goes to the dead-letter topic.
+3. When the broker acknowledges what was produced, the offset is done; the fetcher commits each
+   partition up to its lowest incomplete offset.
+
+When the queue holds ``max_inflight`` records the fetcher pauses the partitions and goes on
+polling. On SIGTERM the worker stops fetching, gives the tasks in flight ``grace_period`` seconds,
+cuts the rest (they end ``cancelled``), produces those results, commits and leaves the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException, Producer
+
+from consumer.cancels import CancelRegistry
+from consumer.fetcher import Fetcher, FetcherConfig, Record
+from consumer.health import HealthServer, Probe
+from consumer.kafka_config import consumer_config, control_config, producer_config, subscription
+from consumer.offsets import OffsetTracker
+from consumer.replies import Replies, ReplyTopics
+from shared.engine import Engine, TargetAllowlist, TlsConfig
+from shared.errors import BrokerUnavailable, ErrorCode, InvalidEnvelope, TopicMissing
+from shared.metrics import (
+    WORKER_INFLIGHT,
+    WORKER_PARTITIONS_PAUSED,
+    WORKER_TASKS_COMPLETED,
+    WORKER_TASKS_RECEIVED,
+)
+from shared.models import CancelEnvelope, TaskEnvelope, TaskError, TaskResult
+from shared.settings import EngineSettings, KafkaSettings, WorkerSettings
+from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, decode_task
+
+__all__ = ["Worker", "WorkerConfig"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between the event loop's heartbeats.
+BEAT_INTERVAL = 1.0
+#: A heartbeat older than this makes ``/healthz`` fail.
+STALE_AFTER = 15.0
+#: Seconds the final flush of results may take.
+FLUSH_TIMEOUT = 10.0
+#: Seconds the broker gets to answer at startup.
+STARTUP_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything the worker is configured with."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+
+
+class Worker:
+    """One worker process's work; ``run`` it once."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.name = config.worker.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self._stop = asyncio.Event()
+        self._queue: asyncio.Queue[Record | None] = asyncio.Queue()
+        self._taken = 0
+        self._busy = 0
+        self._draining = False
+        self._failure: BaseException | None = None
+        self._last_beat = time.monotonic()
+        self._tracker = OffsetTracker()
+        self._cancels = CancelRegistry()
+        self._counts: dict[str, int] = {}
+
+    def stop(self) -> None:
+        """Ask the worker to drain and exit, as SIGTERM does."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run until stopped; returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop)
+        await self._start()
+        log.info("worker %s started: group %s, topics %s", self.name, self.config.worker.group_id, self._topics)
+        try:
+            while not self._stop.is_set():
+                self._last_beat = time.monotonic()
+                self._cancels.prune()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), BEAT_INTERVAL)
+        finally:
+            await self._drain()
+        return 1 if self._failure is not None else 0
+
+    async def _start(self) -> None:
+        kafka, worker, engine = self.config.kafka, self.config.worker, self.config.engine
+        self._topics = subscription(worker)
+        self._producer = Producer(producer_config(kafka, worker))
+        await asyncio.to_thread(self._check_topics_exist)
+        self._engine = Engine(
+            transport=engine.transport,
+            tls=TlsConfig(
+                ca_bundle=engine.ca_bundle,
+                client_cert=engine.client_cert,
+                client_key=engine.client_key,
+                insecure=engine.insecure,
+            ),
+            max_response_bytes=engine.max_response_bytes,
+            allowlist=TargetAllowlist(engine.allowed_targets),
+        )
+        self._reply_topics = ReplyTopics(self._producer)
+        self._replies = Replies(
+            producer=self._producer,
+            tracker=self._tracker,
+            topics=self._reply_topics,
+            worker_name=self.name,
+            max_message_bytes=worker.max_message_bytes,
+        )
+        loop = asyncio.get_running_loop()
+        self._fetcher = Fetcher(
+            consumer_config=consumer_config(kafka, worker),
+            control_config=control_config(kafka, worker),
+            producer=self._producer,
+            tracker=self._tracker,
+            config=FetcherConfig(
+                topics=self._topics,
+                max_backlog=worker.max_inflight,
+                consume_batch=worker.consume_batch,
+                commit_interval=worker.commit_interval,
+            ),
+            taken=lambda: self._taken,
+            on_records=lambda records: loop.call_soon_threadsafe(self._enqueue, records),
+            on_cancel=lambda order: loop.call_soon_threadsafe(self._cancel, order),
+            on_failure=lambda exc: loop.call_soon_threadsafe(self._fetcher_failed, exc),
+        )
+        WORKER_INFLIGHT.set_function(lambda: self._busy)
+        WORKER_PARTITIONS_PAUSED.set_function(lambda: 1 if self._fetcher.paused else 0)
+        self._health = HealthServer(worker.host, worker.port, self.probe)
+        self._health.start()
+        self._fetcher.start()
+        self._runners = [asyncio.create_task(self._runner()) for _ in range(worker.max_inflight)]
+
+    def _check_topics_exist(self) -> None:
+        servers = self.config.kafka.bootstrap_servers
+        try:
+            metadata = self._producer.list_topics(timeout=STARTUP_TIMEOUT)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"no Kafka broker answered at {servers} within {STARTUP_TIMEOUT:g} s") from exc
+        for topic in (DLQ_TOPIC, CONTROL_TOPIC):
+            if topic not in metadata.topics:
+                raise TopicMissing(f"topic {topic} does not exist at {servers}: create it with 'trs topics init'")
+
+    def probe(self) -> Probe:
+        """The answers of ``/healthz`` and ``/readyz``; called from the health server's thread."""
+        now = time.monotonic()
+        if self._failure is not None:
+            return Probe(healthy=False, ready=False, reason="the fetcher thread failed")
+        if now - self._last_beat > STALE_AFTER:
+            return Probe(healthy=False, ready=False, reason="the event loop is stuck")
+        if now - self._fetcher.last_beat > STALE_AFTER:
+            return Probe(healthy=False, ready=False, reason="the fetcher thread is stuck")
+        if self._draining:
+            return Probe(healthy=True, ready=False, reason="draining")
+        if not self._fetcher.joined:
+            return Probe(healthy=True, ready=False, reason="not yet a member of the consumer group")
+        return Probe(healthy=True, ready=True)
+
+    # Called on the event loop by the fetcher thread -------------------------------------------
+
+    def _enqueue(self, records: list[Record]) -> None:
+        WORKER_TASKS_RECEIVED.inc(len(records))
+        put = self._queue.put_nowait
+        for record in records:
+            put(record)
+
+    def _cancel(self, order: CancelEnvelope) -> None:
+        self._cancels.add(order)
+        self._reply_topics.forget_batch(order.batch_id)
+        log.info("batch %s cancelled; its queued tasks will not run", order.batch_id)
+
+    def _fetcher_failed(self, exc: BaseException) -> None:
+        self._failure = exc
+        self._stop.set()
+
+    # The runners ------------------------------------------------------------------------------
+
+    async def _runner(self) -> None:
+        queue = self._queue
+        while True:
+            record = await queue.get()
+            self._taken += 1
+            if (record is None) or self._draining:
+                # A record taken now never starts and is never marked done: the next owner runs it.
+                return
+            self._busy += 1
+            try:
+                await self._handle(record)
+            finally:
+                self._busy -= 1
+
+    async def _handle(self, record: Record) -> None:
+        if not self._tracker.is_current(record.key, record.epoch):
+            # The partition was revoked while this waited; its next owner runs it.
+            return
+        message = record.message
+        try:
+            envelope = decode_task(message.value(), message.headers())
+        except InvalidEnvelope as exc:
+            await self._replies.dead_letter(record, exc)
+            self._count(ErrorCode.INVALID_TASK.value)
+            return
+        if envelope.batch_id in self._cancels:
+            result = _error_result(envelope, ErrorCode.CANCELLED)
+        else:
+            try:
+                result = await self._engine.run(envelope.task, deadline=_monotonic_deadline(envelope))
+            except asyncio.CancelledError:
+                # Cut by the drain: the client still gets an outcome.
+                cut = _error_result(envelope, ErrorCode.CANCELLED)
+                await asyncio.shield(self._reply(record, envelope, cut))
+                raise
+        await self._reply(record, envelope, result)
+
+    async def _reply(self, record: Record, envelope: TaskEnvelope, result: TaskResult) -> None:
+        await self._replies.send_result(record, envelope.batch_id, envelope.reply_topic, result)
+        self._count(result.outcome)
+
+    def _count(self, outcome: str) -> None:
+        self._counts[outcome] = self._counts.get(outcome, 0) + 1
+        WORKER_TASKS_COMPLETED.labels(outcome).inc()
+
+    # Shutdown ---------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Stop fetching, let tasks in flight finish within the grace period, cut the rest, commit, leave."""
+        grace = self.config.worker.grace_period
+        log.info("draining: %d tasks in flight, up to %g s to finish", self._busy, grace)
+        self._fetcher.stop_fetching()
+        self._draining = True
+        for _ in self._runners:
+            # Wakes every idle runner; a busy one ends after its task.
+            self._queue.put_nowait(None)
+        _, late = await asyncio.wait(self._runners, timeout=grace)
+        for runner in late:
+            runner.cancel()
+        await asyncio.gather(*self._runners, return_exceptions=True)
+        await asyncio.to_thread(self._producer.flush, FLUSH_TIMEOUT)
+        await asyncio.to_thread(self._fetcher.close)
+        await self._engine.aclose()
+        self._health.stop()
+        counts = " ".join(f"{outcome}={n}" for outcome, n in sorted(self._counts.items()))
+        log.info("worker %s stopped: %s", self.name, counts or "no tasks")
+
+
+def _monotonic_deadline(envelope: TaskEnvelope) -> float:
+    return time.monotonic() + (envelope.deadline.timestamp() - time.time())
+
+
+def _error_result(envelope: TaskEnvelope, code: ErrorCode) -> TaskResult:
+    return TaskResult(task_id=envelope.task.id, error=TaskError.of(code))

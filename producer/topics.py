@@ -1,0 +1,146 @@
+"""Kafka topic administration: the shared topics, reply topics, and removal of orphaned ones.
+
+Every call is blocking and bounded by ``timeout``; async callers run them in a thread.
+
+* ``init``: ``trs-control``, ``trs-dlq`` and the request topics of the services named.
+* ``create_reply_topic`` / ``delete``: a batch's reply topic, made by ``launch`` and removed by ``close``.
+* ``collect_garbage``: reply topics whose batch has expired and that are older than a given age,
+  left behind by clients that crashed before ``close``. A reply topic's name carries its batch's
+  creation and expiry times (``shared.wire.new_batch_id``), so a live batch's topic is never taken.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from shared.errors import BrokerUnavailable
+from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, REPLY_TOPIC_PREFIX_RE, batch_times, request_topic
+
+__all__ = ["DEFAULT_REQUEST_PARTITIONS", "TopicAdmin", "TopicSpec"]
+
+log = logging.getLogger(__name__)
+
+#: Partitions of a request topic: the most workers one service's tasks can spread over.
+DEFAULT_REQUEST_PARTITIONS = 12
+#: Cancel orders are few; one partition keeps them in order.
+CONTROL_PARTITIONS = 1
+DLQ_PARTITIONS = 3
+#: A cancel order matters while its batch's tasks can still be queued: at most a day (the longest timeout).
+CONTROL_RETENTION = timedelta(days=2)
+DLQ_RETENTION = timedelta(days=7)
+#: Request topics keep tasks no longer than their longest possible deadline.
+REQUEST_RETENTION = timedelta(days=1)
+#: Seconds an admin call may take.
+DEFAULT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    retention: timedelta
+
+    def new_topic(self) -> NewTopic:
+        retention_ms = str(int(self.retention.total_seconds() * 1000))
+        return NewTopic(
+            self.name, num_partitions=self.partitions, replication_factor=-1, config={"retention.ms": retention_ms}
+        )
+
+
+class TopicAdmin:
+    """Topic operations on one cluster."""
+
+    def __init__(self, config: dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._admin = AdminClient(config)
+        self._timeout = timeout
+        self._servers = str(config.get("bootstrap.servers", ""))
+
+    def topics(self) -> set[str]:
+        """Every topic's name; raises ``BrokerUnavailable`` when the broker doesn't answer."""
+        try:
+            metadata = self._admin.list_topics(timeout=self._timeout)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"no Kafka broker answered at {self._servers} within {self._timeout:g} s") from exc
+        return set(metadata.topics)
+
+    def exists(self, topic: str) -> bool:
+        return topic in self.topics()
+
+    def ensure(self, specs: Iterable[TopicSpec]) -> list[str]:
+        """Create the topics that don't exist yet; returns the names created."""
+        existing = self.topics()
+        missing = [spec.new_topic() for spec in specs if spec.name not in existing]
+        if not missing:
+            return []
+        futures = self._admin.create_topics(missing, request_timeout=self._timeout)
+        created = []
+        for name, future in futures.items():
+            try:
+                future.result(self._timeout)
+                created.append(name)
+            except KafkaException as exc:
+                # Another client may have created it meanwhile; that is what we wanted.
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+        return created
+
+    def init(self, services: Iterable[str] = (), *, partitions: int = DEFAULT_REQUEST_PARTITIONS) -> list[str]:
+        """Create ``trs-control``, ``trs-dlq`` and the request topic of each service, when missing."""
+        specs = [
+            TopicSpec(CONTROL_TOPIC, CONTROL_PARTITIONS, CONTROL_RETENTION),
+            TopicSpec(DLQ_TOPIC, DLQ_PARTITIONS, DLQ_RETENTION),
+        ]
+        specs += [TopicSpec(request_topic(service), partitions, REQUEST_RETENTION) for service in services]
+        return self.ensure(specs)
+
+    def create(self, spec: TopicSpec) -> None:
+        """Create one topic; it must not exist yet."""
+        future = self._admin.create_topics([spec.new_topic()], request_timeout=self._timeout)[spec.name]
+        try:
+            future.result(self._timeout)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"could not create topic {spec.name}: {exc.args[0].str()}") from exc
+
+    def delete(self, topics: Iterable[str]) -> list[str]:
+        """Delete ``topics``; returns those deleted (one already gone is not an error)."""
+        names = list(topics)
+        if not names:
+            return []
+        deleted = []
+        for name, future in self._admin.delete_topics(names, request_timeout=self._timeout).items():
+            try:
+                future.result(self._timeout)
+                deleted.append(name)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise
+        return deleted
+
+    def orphans(self, older_than: timedelta, *, now: datetime | None = None) -> list[str]:
+        """Reply topics whose batch has expired and that were created more than ``older_than`` ago."""
+        now = now or datetime.now(UTC)
+        found = []
+        for topic in sorted(self.topics()):
+            match = REPLY_TOPIC_PREFIX_RE.match(topic)
+            times = None if match is None else batch_times(match.group("batch"))
+            if times is None:
+                continue
+            created, expires = times
+            if expires < now and created < now - older_than:
+                found.append(topic)
+        return found
+
+    def collect_garbage(self, older_than: timedelta, *, now: datetime | None = None) -> list[str]:
+        """Delete the ``orphans``; returns their names."""
+        orphans = self.orphans(older_than, now=now)
+        deleted = self.delete(orphans)
+        for topic in deleted:
+            log.info("deleted orphaned reply topic %s", topic)
+        return deleted
