@@ -13,6 +13,7 @@ Routes:
     /cookies                 two Set-Cookie headers
     /hits/{key}              how many times key K was hit, as text
     /peak/{key}              the most /sleep requests of key K that were open at once
+    /sleeping/{key}          how many /sleep requests of key K are open now
     /stats                   JSON counters of the /sleep route
 """
 
@@ -112,6 +113,9 @@ def _app(state: TargetState) -> web.Application:
     async def peak(request: web.Request) -> web.Response:
         return web.Response(text=str(state.peak_by_key[request.match_info["key"]]))
 
+    async def sleeping(request: web.Request) -> web.Response:
+        return web.Response(text=str(state.sleeping_by_key[request.match_info["key"]]))
+
     async def stats(request: web.Request) -> web.Response:
         counters = {k: v for k, v in asdict(state).items() if isinstance(v, int)}
         return web.Response(text=json.dumps(counters), content_type="application/json")
@@ -127,6 +131,7 @@ def _app(state: TargetState) -> web.Application:
     app.router.add_get("/hits/{key}", hits)
     app.router.add_get("/stats", stats)
     app.router.add_get("/peak/{key}", peak)
+    app.router.add_get("/sleeping/{key}", sleeping)
     return app
 
 
@@ -147,6 +152,11 @@ class HttpTarget:
     def hits(self, key: str) -> int:
         """How many requests key ``key`` got."""
         with urllib.request.urlopen(f"{self.http}/hits/{key}", timeout=5) as response:
+            return int(response.read())
+
+    def sleeping(self, key: str) -> int:
+        """How many ``/sleep`` requests of key ``key`` are open now."""
+        with urllib.request.urlopen(f"{self.http}/sleeping/{key}", timeout=5) as response:
             return int(response.read())
 
     def peak(self, key: str) -> int:

@@ -10,7 +10,6 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -37,6 +36,7 @@ from tests.http_target import HttpTarget
 from tests.integration.conftest import SharedWorker
 from tests.kafka_io import new_test_batch, produce, produce_raw, read, read_results
 from tests.tools import require_tool
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -113,10 +113,10 @@ def test_a_deleted_reply_topic_is_not_recreated(
     dropped_before = shared_worker.worker.metrics()["trs_worker_results_dropped_total"]
     produce(kafka_bootstrap, shared_worker.service.request_topic, [fast, slow])
     (first,) = read_results(kafka_bootstrap, batch.reply_topic, 1)
-    _wait_until(lambda: target.hits(key) == 1)
+    wait_until(lambda: target.hits(key) == 1)
 
     admin.delete([batch.reply_topic])
-    _wait_until(lambda: shared_worker.worker.metrics()["trs_worker_results_dropped_total"] > dropped_before)
+    wait_until(lambda: shared_worker.worker.metrics()["trs_worker_results_dropped_total"] > dropped_before)
     time.sleep(1.0)
 
     assert first.result.task_id == fast.task.id
@@ -255,11 +255,4 @@ def _cancelled_count(shared: SharedWorker) -> float:
 
 
 def _wait_for_log(shared: SharedWorker, text: str, timeout: float = 15.0) -> None:
-    _wait_until(lambda: text in shared.worker.log(), timeout)
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
+    wait_until(lambda: text in shared.worker.log(), timeout, f"{text!r} in the worker log")
