@@ -7,7 +7,8 @@
 2. ``max_inflight`` runner coroutines take records from the queue. Each decodes its message,
    skips a cancelled batch's task, runs the task on the same engine local mode uses (the engine
    ends a task whose deadline has passed ``expired`` without sending it), and produces the
-   result. A message that can't be decoded goes to the dead-letter topic.
+   result. A message that can't be decoded goes to the dead-letter topic. A cancel order on
+   ``trs-control`` also cuts its batch's tasks in flight; they end ``cancelled``.
 3. When the broker acknowledges what was produced, the offset is done; the fetcher commits each
    partition up to its lowest incomplete offset.
 
@@ -26,6 +27,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
@@ -86,6 +88,8 @@ class Worker:
         self._tracker = OffsetTracker()
         self._cancels = CancelRegistry()
         self._counts: dict[str, int] = {}
+        #: The runners busy with each batch's tasks, so a cancel order can cut them.
+        self._running: dict[str, set[asyncio.Task[Any]]] = {}
 
     def stop(self) -> None:
         """Ask the worker to drain and exit, as SIGTERM does."""
@@ -192,7 +196,12 @@ class Worker:
     def _cancel(self, order: CancelEnvelope) -> None:
         self._cancels.add(order)
         self._reply_topics.forget_batch(order.batch_id)
-        log.info("batch %s cancelled; its queued tasks will not run", order.batch_id)
+        running = self._running.get(order.batch_id, ())
+        for runner in running:
+            runner.cancel()
+        log.info(
+            "batch %s cancelled: %d tasks in flight cut; its queued tasks will not run", order.batch_id, len(running)
+        )
 
     def _fetcher_failed(self, exc: BaseException) -> None:
         self._failure = exc
@@ -228,14 +237,31 @@ class Worker:
         if envelope.batch_id in self._cancels:
             result = _error_result(envelope, ErrorCode.CANCELLED)
         else:
-            try:
-                result = await self._engine.run(envelope.task, deadline=_monotonic_deadline(envelope))
-            except asyncio.CancelledError:
-                # Cut by the drain: the client still gets an outcome.
-                cut = _error_result(envelope, ErrorCode.CANCELLED)
+            result = await self._execute(record, envelope)
+        await self._reply(record, envelope, result)
+
+    async def _execute(self, record: Record, envelope: TaskEnvelope) -> TaskResult:
+        """Run the task on the engine; a cancel order for its batch, or the drain, cuts it."""
+        runner = asyncio.current_task()
+        assert runner is not None
+        running = self._running.setdefault(envelope.batch_id, set())
+        running.add(runner)
+        try:
+            return await self._engine.run(envelope.task, deadline=_monotonic_deadline(envelope))
+        except asyncio.CancelledError:
+            cut = _error_result(envelope, ErrorCode.CANCELLED)
+            if self._draining or envelope.batch_id not in self._cancels:
+                # Cut by the drain: the client still gets an outcome, then the runner ends.
                 await asyncio.shield(self._reply(record, envelope, cut))
                 raise
-        await self._reply(record, envelope, result)
+            # Cut by a cancel order: this runner goes on with the next record.
+            runner.uncancel()
+            return cut
+        finally:
+            # Synchronous, so a cancel order only ever finds runners awaiting the engine.
+            running.discard(runner)
+            if not running:
+                del self._running[envelope.batch_id]
 
     async def _reply(self, record: Record, envelope: TaskEnvelope, result: TaskResult) -> None:
         await self._replies.send_result(record, envelope.batch_id, envelope.reply_topic, result)

@@ -102,6 +102,25 @@ def test_tasks_of_a_cancelled_batch_end_cancelled_unsent(
     assert _cancelled_count(shared_worker) - cancelled_before == 5
 
 
+def test_a_cancel_order_cuts_its_batch_s_tasks_in_flight(
+    kafka_bootstrap: str, admin: TopicAdmin, shared_worker: SharedWorker, target: HttpTarget
+) -> None:
+    batch = new_test_batch(admin, shared_worker.service.name)
+    key = uuid.uuid4().hex
+    envelopes = [batch.envelope(f"{target.http}/sleep?s=30&key={key}", timeout=40) for _ in range(3)]
+    produce(kafka_bootstrap, shared_worker.service.request_topic, envelopes)
+    wait_until(lambda: target.sleeping(key) == 3, what="three tasks in flight")
+
+    value, headers = encode_cancel(CancelEnvelope(batch_id=batch.batch_id, deadline=batch.deadline))
+    _produce_control(kafka_bootstrap, value, headers, batch.batch_id)
+    # Far sooner than the 30 s the target takes.
+    results = read_results(kafka_bootstrap, batch.reply_topic, 3, timeout=15)
+
+    assert {r.result.task_id for r in results} == {e.task.id for e in envelopes}
+    assert all(r.result.error is not None and r.result.error.code is ErrorCode.CANCELLED for r in results)
+    assert f"batch {batch.batch_id} cancelled: 3 tasks in flight cut" in shared_worker.worker.log()
+
+
 def test_a_deleted_reply_topic_is_not_recreated(
     kafka_bootstrap: str, admin: TopicAdmin, shared_worker: SharedWorker, target: HttpTarget
 ) -> None:
