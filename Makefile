@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint types unit install clean
+.PHONY: run test lint types install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ lint: $(STAMP)
 
 types: $(STAMP)
 	$(BIN)/mypy shared producer consumer tests benchmarks
+
+## run: the main job: the embedded broker, two workers and a stand-in fleet run one remote batch of 1,000 tasks
+run: $(STAMP)
+	$(BIN)/trs dev demo --tasks 1000 --workers 2
 
 ## test: lint, types and the whole suite (integration tests start their own broker)
 test: lint types

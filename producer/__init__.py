@@ -4,7 +4,7 @@ from producer.batch import Batch, BatchState
 from producer.runner import TaskRunner
 from producer.sync import run
 from shared.engine import TlsConfig
-from shared.errors import ErrorCode, TrsError, UsageError
+from shared.errors import BrokerUnavailable, ErrorCode, TopicMissing, TrsError, UsageError
 from shared.models import (
     ClientPolicy,
     HttpRequest,
@@ -19,6 +19,7 @@ from shared.models import (
 __all__ = [
     "Batch",
     "BatchState",
+    "BrokerUnavailable",
     "ClientPolicy",
     "ErrorCode",
     "HttpRequest",
@@ -29,6 +30,7 @@ __all__ = [
     "TaskResult",
     "TaskRunner",
     "TlsConfig",
+    "TopicMissing",
     "TransportPolicy",
     "TrsError",
     "UsageError",

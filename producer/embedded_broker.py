@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import socket
 import subprocess
+import sys
 import time
 from types import TracebackType
 
@@ -17,7 +19,7 @@ from confluent_kafka.admin import AdminClient
 
 from shared.errors import BrokerUnavailable
 
-__all__ = ["EmbeddedBroker", "free_port", "wait_for_broker"]
+__all__ = ["EmbeddedBroker", "free_port", "wait_for_broker", "with_parent_death_signal"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def with_parent_death_signal(command: list[str], signal_name: str = "KILL") -> list[str]:
+    """``command``, prefixed so that Linux sends it ``signal_name`` if its parent dies first.
+
+    A broker or worker started for a test or a laptop must not outlive a parent that crashed.
+    Uses util-linux's ``setpriv`` where it exists; elsewhere the command is returned as is.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    if setpriv is None:
+        return command
+    return [setpriv, "--pdeathsig", signal_name, "--", *command]
 
 
 def wait_for_broker(bootstrap_servers: str, timeout: float = DEFAULT_START_TIMEOUT) -> None:
@@ -70,10 +84,17 @@ class EmbeddedBroker:
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        """The broker process's id; 0 when it isn't running."""
+        return 0 if self._process is None else self._process.pid
+
     def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         self._process = subprocess.Popen(
-            [_tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--silent"],
+            with_parent_death_signal(
+                [_tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--silent"]
+            ),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

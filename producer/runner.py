@@ -12,20 +12,35 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Literal, Self
 
 from producer.backend import Backend
 from producer.batch import Batch
+from producer.remote import DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESULT_GRACE, RemoteBackend
 from shared.engine import DEFAULT_MAX_RESPONSE_BYTES, Engine, TargetAllowlist, TlsConfig
+from shared.engine.engine import DEFAULT_TRANSPORT
 from shared.errors import UsageError
 from shared.models import Task, normalize_service_name
+from shared.settings import KafkaSettings
+from shared.wire import new_batch_id
 
 __all__ = ["DEFAULT_MAX_INFLIGHT", "Mode", "RunnerState", "TaskRunner"]
 
 Mode = Literal["local", "remote"]
 #: Tasks one runner keeps in flight at once, across its batches.
 DEFAULT_MAX_INFLIGHT = 1000
+
+
+def _only_in(mode: Mode, **options: object) -> None:
+    """Refuse options that mean nothing in ``mode``, rather than ignore them."""
+    given = next((name for name, value in options.items() if value is not None), None)
+    if given is None:
+        return
+    if mode == "remote":
+        raise UsageError(f"{given} is a worker setting in remote mode: set it on trs-worker (see trs-worker --help)")
+    raise UsageError(f"{given} only applies in remote mode")
 
 
 class RunnerState(enum.Enum):
@@ -38,8 +53,17 @@ class TaskRunner:
     """Runs batches of HTTP tasks and yields each result as its task completes.
 
     Keyword-only. ``mode="local"`` runs tasks in this process; ``mode="remote"`` sends them
-    through Kafka to ``trs-worker`` processes. ``transport`` picks the local engine's HTTP
-    transport (``"pyreqwest"``, the default, or ``"httpx"``).
+    through Kafka to ``trs-worker`` processes. ``max_inflight`` bounds this runner's tasks in
+    flight, across its batches, in both modes.
+
+    Local mode only, since in remote mode they are the workers' settings: ``transport`` (the
+    engine's HTTP transport, ``"pyreqwest"`` by default, or ``"httpx"``), ``max_response_bytes``,
+    ``tls`` and ``allowed_targets``.
+
+    Remote mode only: ``bootstrap_servers`` (else ``TRS_KAFKA_BOOTSTRAP_SERVERS``), or a whole
+    ``kafka`` settings object for security options; ``result_grace``, the seconds past a task's
+    deadline its result may take before it ends ``no_result``; and ``request_timeout``, the
+    seconds any one call to the broker may take.
     """
 
     def __init__(
@@ -48,10 +72,14 @@ class TaskRunner:
         service_name: str,
         mode: Mode = "local",
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
-        transport: str = "pyreqwest",
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        transport: str | None = None,
+        max_response_bytes: int | None = None,
         tls: TlsConfig | None = None,
-        allowed_targets: Sequence[str] = (),
+        allowed_targets: Sequence[str] | None = None,
+        bootstrap_servers: str | None = None,
+        kafka: KafkaSettings | None = None,
+        result_grace: float = DEFAULT_RESULT_GRACE,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         backend: Backend | None = None,
     ) -> None:
         if mode not in ("local", "remote"):
@@ -65,20 +93,40 @@ class TaskRunner:
         self.mode: Mode = mode
         self._state = RunnerState.UNOPENED
         self._batches: dict[str, Batch] = {}
+        self._grace = 0.0
         if backend is not None:
             self._backend = backend
         elif mode == "local":
+            _only_in("local", bootstrap_servers=bootstrap_servers, kafka=kafka)
             from producer.local import LocalBackend
 
             engine = Engine(
-                transport=transport,
+                transport=transport or DEFAULT_TRANSPORT,
                 tls=tls,
-                max_response_bytes=max_response_bytes,
-                allowlist=TargetAllowlist(allowed_targets),
+                max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES if max_response_bytes is None else max_response_bytes,
+                allowlist=TargetAllowlist(allowed_targets or ()),
             )
             self._backend = LocalBackend(engine, max_inflight=max_inflight)
         else:
-            raise UsageError("mode='remote' needs a remote backend")
+            _only_in(
+                "remote",
+                transport=transport,
+                max_response_bytes=max_response_bytes,
+                tls=tls,
+                allowed_targets=allowed_targets,
+            )
+            if result_grace < 0 or request_timeout <= 0:
+                raise UsageError("result_grace must be at least 0 and request_timeout above 0")
+            if kafka is None:
+                kafka = KafkaSettings(bootstrap_servers=bootstrap_servers) if bootstrap_servers else KafkaSettings()
+            self._backend = RemoteBackend(
+                service_name=self.service_name,
+                kafka=kafka,
+                max_inflight=max_inflight,
+                result_grace=result_grace,
+                request_timeout=request_timeout,
+            )
+            self._grace = result_grace
 
     @property
     def state(self) -> RunnerState:
@@ -121,7 +169,9 @@ class TaskRunner:
             # As in Go TRS, the runner's service name is the one that counts: it names the topics.
             if t.service_name != self.service_name:
                 t.service_name = self.service_name
-        batch = Batch(tasks)
+        now = datetime.now(UTC)
+        longest = max((t.timeout for t in tasks if not t.ignore), default=0.0)
+        batch = Batch(tasks, batch_id=new_batch_id(now, now + timedelta(seconds=longest + self._grace)))
         self._batches[batch.id] = batch
         await self._backend.start(batch)
         return batch

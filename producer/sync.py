@@ -10,10 +10,11 @@ from producer.runner import Mode, TaskRunner
 from shared.errors import UsageError
 from shared.models import Task, TaskResult
 
-__all__ = ["run"]
+__all__ = ["event_loop_runner", "run"]
 
 
-def _event_loop_runner() -> asyncio.Runner:
+def event_loop_runner() -> asyncio.Runner:
+    """An ``asyncio.Runner`` on uvloop when it is installed."""
     try:
         import uvloop
     except ImportError:
@@ -40,7 +41,7 @@ def run(
             batch = await runner.launch(tasks)
             return await batch.wait()
 
-    with _event_loop_runner() as runner:
+    with event_loop_runner() as runner:
         return runner.run(main())
 
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic  # type: ignore[attr-defined]
 
 from shared.errors import BrokerUnavailable
 from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, REPLY_TOPIC_PREFIX_RE, batch_times, request_topic
@@ -58,25 +58,30 @@ class TopicAdmin:
     """Topic operations on one cluster."""
 
     def __init__(self, config: dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self._admin = AdminClient(config)
+        # Asking whether a topic exists must not create it, as a broker with topic
+        # auto-creation on does for a client that allows it (librdkafka's default here).
+        self._admin = AdminClient({**config, "allow.auto.create.topics": False})
         self._timeout = timeout
         self._servers = str(config.get("bootstrap.servers", ""))
 
     def topics(self) -> set[str]:
         """Every topic's name; raises ``BrokerUnavailable`` when the broker doesn't answer."""
-        try:
-            metadata = self._admin.list_topics(timeout=self._timeout)
-        except KafkaException as exc:
-            raise BrokerUnavailable(f"no Kafka broker answered at {self._servers} within {self._timeout:g} s") from exc
-        return set(metadata.topics)
+        return set(self._metadata(None).topics)
 
     def exists(self, topic: str) -> bool:
-        return topic in self.topics()
+        """Whether ``topic`` exists; asks about that topic alone."""
+        found = self._metadata(topic).topics.get(topic)
+        return (found is not None) and found.error is None
+
+    def _metadata(self, topic: str | None) -> ClusterMetadata:
+        try:
+            return self._admin.list_topics(topic, timeout=self._timeout)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"no Kafka broker answered at {self._servers} within {self._timeout:g} s") from exc
 
     def ensure(self, specs: Iterable[TopicSpec]) -> list[str]:
         """Create the topics that don't exist yet; returns the names created."""
-        existing = self.topics()
-        missing = [spec.new_topic() for spec in specs if spec.name not in existing]
+        missing = [spec.new_topic() for spec in specs if not self.exists(spec.name)]
         if not missing:
             return []
         futures = self._admin.create_topics(missing, request_timeout=self._timeout)

@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 import trustme
 
+from producer import HttpRequest, Task, TlsConfig, run
+from producer.topics import TopicAdmin
 from tests.broker import kafka_broker
 from tests.http_target import HttpTarget, http_target
+from tests.remote_pools import RemotePools, worker_flags
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +38,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     other.cert_pem.write_to_path(directory / "other-ca.pem")
     server = ca.issue_cert("127.0.0.1", "localhost")
     server.private_key_and_cert_chain_pem.write_to_path(directory / "server.pem")
+    other.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(
+        directory / "other-server.pem"
+    )
     client = ca.issue_cert("client@trs.test")
     client.cert_chain_pems[0].write_to_path(directory / "client.pem")
     client.private_key_pem.write_to_path(directory / "client.key")
@@ -51,3 +57,35 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
 def target(certs: Certs) -> Iterator[HttpTarget]:
     with http_target(certs.directory) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def remote_pools(
+    kafka_bootstrap: str, certs: Certs, target: HttpTarget, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RemotePools]:
+    """Workers for remote mode; the configurations the suite uses start together, up front.
+
+    One batch then warms the process's shared producer, whose first send waits for a producer
+    id (about half a second, see producer/shared_producer.py), so that no test's deadline
+    depends on whether it happens to run first.
+    """
+    admin = TopicAdmin({"bootstrap.servers": kafka_bootstrap})
+    admin.init()
+    pools = RemotePools(kafka_bootstrap, admin, tmp_path_factory.mktemp("remote-workers"))
+    ca = TlsConfig(ca_bundle=str(certs.ca))
+    mtls = TlsConfig(ca_bundle=str(certs.ca), client_cert=str(certs.client_cert), client_key=str(certs.client_key))
+    try:
+        pools.start(
+            worker_flags({}),
+            worker_flags({"tls": ca}),
+            worker_flags({"tls": mtls}),
+            worker_flags({"tls": TlsConfig(insecure=True)}),
+            worker_flags({"max_response_bytes": 1000}),
+            worker_flags({"allowed_targets": ["10.0.0.0/8"]}),
+        )
+        warm_up = Task(service_name="warm-up", request=HttpRequest(url=f"{target.http}/ok"))
+        (result,) = run([warm_up], mode="remote", service_name=pools.service(()), bootstrap_servers=kafka_bootstrap)
+        assert result.ok, result
+        yield pools
+    finally:
+        pools.close()

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from producer.embedded_broker import free_port
+from producer.embedded_broker import free_port, with_parent_death_signal
 
 
 @dataclass
@@ -140,8 +140,12 @@ class HttpTarget:
     """Base URLs of the running servers."""
 
     http: str
+    #: HTTPS with a certificate from the test CA.
     https: str
+    #: HTTPS that also requires a client certificate from the test CA.
     mtls: str
+    #: HTTPS with a certificate from another CA, which no runner trusts.
+    untrusted: str
 
     def stats(self) -> dict[str, int]:
         """The server's counters: sleeping, slept_to_end, sleep_cancelled, peak_sleeping."""
@@ -167,18 +171,20 @@ class HttpTarget:
 
 @contextlib.contextmanager
 def http_target(cert_dir: Path) -> Iterator[HttpTarget]:
-    """Serve the routes in a child process over HTTP, HTTPS and HTTPS with client certificates.
+    """Serve the routes in a child process over HTTP, HTTPS, HTTPS with client certificates, and
+    HTTPS with a certificate from an untrusted CA.
 
-    ``cert_dir`` holds ``server.pem`` (key and chain) and ``ca.pem``, the CA that client
-    certificates must chain to.
+    ``cert_dir`` holds ``server.pem`` (key and chain), ``ca.pem``, the CA that client
+    certificates must chain to, and ``other-server.pem``, signed by another CA.
     """
-    ports = [free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(4)]
     command = [sys.executable, "-m", "tests.http_target", str(cert_dir), *map(str, ports)]
-    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1])
+    process = subprocess.Popen(with_parent_death_signal(command), cwd=Path(__file__).resolve().parents[1])
     target = HttpTarget(
         http=f"http://127.0.0.1:{ports[0]}",
         https=f"https://127.0.0.1:{ports[1]}",
         mtls=f"https://127.0.0.1:{ports[2]}",
+        untrusted=f"https://127.0.0.1:{ports[3]}",
     )
     try:
         _wait_until_up(target, process)
@@ -211,9 +217,11 @@ async def _serve(cert_dir: Path, ports: list[int]) -> None:
     mtls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(cert_dir / "ca.pem"))
     mtls.load_cert_chain(cert_dir / "server.pem")
     mtls.verify_mode = ssl.CERT_REQUIRED
+    untrusted = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    untrusted.load_cert_chain(cert_dir / "other-server.pem")
     runner = web.AppRunner(_app(TargetState()), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
-    for port, context in zip(ports, [None, server_tls, mtls], strict=True):
+    for port, context in zip(ports, [None, server_tls, mtls, untrusted], strict=True):
         await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context, backlog=4096).start()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -228,4 +236,4 @@ if __name__ == "__main__":
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve(Path(sys.argv[1]), [int(p) for p in sys.argv[2:5]]))
+    asyncio.run(_serve(Path(sys.argv[1]), [int(p) for p in sys.argv[2:6]]))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from producer.embedded_broker import free_port
+from producer.embedded_broker import free_port, with_parent_death_signal
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Tansu needs about half the session timeout to form a group; a short one keeps tests quick.
@@ -43,10 +43,15 @@ class WorkerProcess:
         }
         self.command = [sys.executable, "-m", "consumer"]
         for name, value in arguments.items():
-            self.command += [f"--{name}", str(value)]
+            self.command += [f"--{name}"] if value is True else [f"--{name}", str(value)]
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            self.command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=_env()
+            with_parent_death_signal(self.command, "TERM"),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=_env(),
         )
 
     @property

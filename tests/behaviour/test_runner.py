@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from producer import BatchState, ErrorCode, HttpRequest, Task, TaskRunner, UsageError, run
 from tests.behaviour.conftest import RunnerFactory
 from tests.http_target import HttpTarget
+from tests.remote_pools import RemotePools
 
 
 def template(url: str, **fields: object) -> Task:
@@ -36,7 +38,8 @@ async def test_ten_thousand_tasks_give_ten_thousand_distinct_results(
     assert len(seen) == 10_000
     assert len({r.task_id for r in seen}) == 10_000
     assert {r.task_id for r in seen} == {t.id for t in tasks}
-    assert all(r.response is not None and r.response.status_code == 200 for r in seen)
+    outcomes = Counter(r.response.status_code if r.response is not None else r.outcome for r in seen)
+    assert outcomes == {200: 10_000}
 
 
 async def test_results_arrive_as_tasks_complete(make_runner: RunnerFactory, target: HttpTarget) -> None:
@@ -210,11 +213,16 @@ async def test_alive_in_local_mode() -> None:
         assert await runner.alive() is True
 
 
-def test_blocking_run_returns_every_result(target: HttpTarget) -> None:
+@pytest.mark.parametrize("mode", ["local", "remote"])
+def test_blocking_run_returns_every_result(target: HttpTarget, mode: str, request: pytest.FixtureRequest) -> None:
     source = template(f"{target.http}/ok")
     tasks = TaskRunner(service_name="behaviour").create_task_list(source, 50)
+    options: dict[str, str] = {}
+    if mode == "remote":
+        pools: RemotePools = request.getfixturevalue("remote_pools")
+        options = {"service_name": pools.service(()), "bootstrap_servers": pools.bootstrap}
 
-    results = run(tasks)
+    results = run(tasks, mode=mode, **options)  # type: ignore[arg-type]
 
     assert len(results) == 50
     assert {r.task_id for r in results} == {t.id for t in tasks}

@@ -1,6 +1,7 @@
 """What a task does, end to end, against a real HTTP(S) server on loopback.
 
-Every test runs once per shipped transport (see ``make_runner`` in conftest.py).
+Every test runs in local mode on each shipped transport and in remote mode through a real broker
+and worker (see ``make_runner`` in conftest.py), with the same assertions.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from producer import ErrorCode, HttpRequest, Task, TaskResult, TlsConfig
+from producer import ErrorCode, HttpRequest, Task, TaskResult, TlsConfig, UsageError
 from producer.embedded_broker import free_port
 from tests.behaviour.conftest import RunnerFactory
 from tests.conftest import Certs
@@ -69,13 +70,17 @@ async def test_request_sends_method_repeated_headers_and_binary_body(
 
 
 async def test_user_agent_defaults_to_the_service_name(make_runner: RunnerFactory, target: HttpTarget) -> None:
-    default = await run_one(make_runner, task(f"{target.http}/echo"), service_name="fleet-inventory")
-    custom = await run_one(make_runner, task(f"{target.http}/echo", headers=[("User-Agent", "mine/1")]))
+    async with make_runner() as runner:
+        batch = await runner.launch(
+            [task(f"{target.http}/echo"), task(f"{target.http}/echo", headers=[("User-Agent", "mine/1")])]
+        )
+        default, custom = sorted(await batch.wait(), key=lambda r: r.task_id == batch.tasks[1].id)
+        service = runner.service_name
 
     assert default.response is not None and custom.response is not None
     default_ua = [v for k, v in json.loads(default.response.body)["headers"] if k.lower() == "user-agent"]
     custom_ua = [v for k, v in json.loads(custom.response.body)["headers"] if k.lower() == "user-agent"]
-    assert default_ua == ["fleet-inventory"]
+    assert default_ua == [service]
     assert custom_ua == ["mine/1"]
 
 
@@ -204,10 +209,10 @@ async def test_connection_refused_is_connect_error(make_runner: RunnerFactory) -
     assert result.attempts == 3
 
 
-async def test_wrong_ca_is_tls_error_and_not_retried(
+async def test_a_certificate_from_an_untrusted_ca_is_tls_error_and_not_retried(
     make_runner: RunnerFactory, target: HttpTarget, certs: Certs
 ) -> None:
-    result = await run_one(make_runner, task(f"{target.https}/ok"), tls=_tls(ca_bundle=certs.other_ca))
+    result = await run_one(make_runner, task(f"{target.untrusted}/ok"), tls=_tls(ca_bundle=certs.ca))
 
     assert result.error is not None
     assert result.error.code is ErrorCode.TLS_ERROR
@@ -253,8 +258,15 @@ async def test_mtls_without_a_client_certificate_is_refused(
 
 
 async def test_set_security_applies_to_later_batches(
-    make_runner: RunnerFactory, target: HttpTarget, certs: Certs
+    make_runner: RunnerFactory, target: HttpTarget, certs: Certs, mode: str
 ) -> None:
+    if mode == "remote":
+        # In remote mode the workers hold TLS to the targets (their CA bundle and client
+        # certificate files); a client can't hand them its files, so it is told so at once.
+        async with make_runner() as runner:
+            with pytest.raises(UsageError, match="in remote mode TLS to the targets is the workers' setting"):
+                runner.set_security(ca_bundle=str(certs.ca))
+        return
     async with make_runner() as runner:
         before = await (await runner.launch([task(f"{target.https}/ok")])).wait()
         runner.set_security(ca_bundle=str(certs.ca))

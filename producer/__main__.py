@@ -1,0 +1,5 @@
+"""``python -m producer`` runs ``trs``."""
+
+from producer.cli import main
+
+main()
