@@ -29,6 +29,8 @@ from collections import deque
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Literal
+from urllib.parse import urlsplit
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -43,9 +45,13 @@ from shared.models import CancelEnvelope, ResultEnvelope, Task, TaskEnvelope, Ta
 from shared.settings import KafkaSettings
 from shared.wire import CONTROL_TOPIC, encode_cancel, encode_task, reply_topic, request_topic
 
-__all__ = ["DEFAULT_RESULT_GRACE", "RemoteBackend"]
+__all__ = ["DEFAULT_RESULT_GRACE", "PartitionKey", "RemoteBackend"]
 
 log = logging.getLogger(__name__)
+
+#: What a task message is keyed by, and so which partition, and which worker, gets it:
+#: ``"task"`` (its id: even spread, the default) or ``"host"`` (its target: one worker per host).
+PartitionKey = Literal["task", "host"]
 
 #: Seconds past a task's deadline that its result may still take to arrive.
 DEFAULT_RESULT_GRACE = 5.0
@@ -128,11 +134,13 @@ class RemoteBackend(Backend):
         max_inflight: int,
         result_grace: float = DEFAULT_RESULT_GRACE,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        partition_key: PartitionKey = "task",
     ) -> None:
         self._service = service_name
         self._kafka = kafka
         self._grace = result_grace
         self._timeout = request_timeout
+        self._key = _task_key if partition_key == "task" else _host_key
         self._request_topic = request_topic(service_name)
         self._slots = asyncio.Semaphore(max_inflight)
         self._batches: dict[str, _RemoteBatch] = {}
@@ -209,7 +217,7 @@ class RemoteBackend(Backend):
             envelope = TaskEnvelope(batch_id=batch.id, reply_topic=state.reply_topic, deadline=deadline, task=task)
             value, headers = encode_task(envelope)
             state.out.add(task.id)
-            await self._produce(producer, self._request_topic, value, headers, str(task.id))
+            await self._produce(producer, self._request_topic, value, headers, self._key(task))
         # Serve the last delivery reports, so a failure is logged.
         await asyncio.to_thread(producer.flush, self._timeout)
 
@@ -346,6 +354,14 @@ class RemoteBackend(Backend):
         if producer is not None:
             # Shared with other runners: delivered, not closed.
             await asyncio.to_thread(producer.flush, self._timeout)
+
+
+def _task_key(task: Task) -> str:
+    return str(task.id)
+
+
+def _host_key(task: Task) -> str:
+    return urlsplit(task.request.url).netloc
 
 
 def _error(task: Task, code: ErrorCode) -> TaskResult:

@@ -18,7 +18,7 @@ from typing import Literal, Self
 
 from producer.backend import Backend
 from producer.batch import Batch
-from producer.remote import DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESULT_GRACE, RemoteBackend
+from producer.remote import DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESULT_GRACE, PartitionKey, RemoteBackend
 from shared.engine import DEFAULT_MAX_RESPONSE_BYTES, Engine, TargetAllowlist, TlsConfig
 from shared.engine.engine import DEFAULT_TRANSPORT
 from shared.errors import UsageError
@@ -62,8 +62,9 @@ class TaskRunner:
 
     Remote mode only: ``bootstrap_servers`` (else ``TRS_KAFKA_BOOTSTRAP_SERVERS``), or a whole
     ``kafka`` settings object for security options; ``result_grace``, the seconds past a task's
-    deadline its result may take before it ends ``no_result``; and ``request_timeout``, the
-    seconds any one call to the broker may take.
+    deadline its result may take before it ends ``no_result``; ``request_timeout``, the seconds
+    any one call to the broker may take; and ``partition_key``, what task messages are keyed by
+    (``"task"``, the default, or ``"host"``; see the README).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class TaskRunner:
         kafka: KafkaSettings | None = None,
         result_grace: float = DEFAULT_RESULT_GRACE,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        partition_key: PartitionKey = "task",
         backend: Backend | None = None,
     ) -> None:
         if mode not in ("local", "remote"):
@@ -125,6 +127,7 @@ class TaskRunner:
                 max_inflight=max_inflight,
                 result_grace=result_grace,
                 request_timeout=request_timeout,
+                partition_key=partition_key,
             )
             self._grace = result_grace
 

@@ -13,11 +13,13 @@ from confluent_kafka import Producer
 
 from producer import BrokerUnavailable, ErrorCode, HttpRequest, Task, TaskRunner, TopicMissing
 from producer.embedded_broker import free_port
+from producer.remote import PartitionKey
 from producer.topics import TopicAdmin, TopicSpec
 from shared.models import ResultEnvelope, TaskError, TaskResult
 from shared.wire import encode_result, new_batch_id, reply_topic
 from tests.http_target import HttpTarget
 from tests.integration.conftest import new_service
+from tests.kafka_io import read
 from tests.remote_pools import RemotePools
 from tests.waiting import wait_until
 from tests.worker_process import running_workers
@@ -174,3 +176,23 @@ def test_local_only_options_are_refused_in_remote_mode() -> None:
         TaskRunner(mode="remote", service_name="svc", max_response_bytes=10)
     with pytest.raises(ValueError, match="bootstrap_servers only applies in remote mode"):
         TaskRunner(mode="local", service_name="svc", bootstrap_servers="127.0.0.1:9092")
+
+
+@pytest.mark.parametrize(("key", "partitions_used"), [("host", 1), ("task", 4)])
+async def test_partition_key_places_tasks_by_task_or_by_host(
+    kafka_bootstrap: str, admin: TopicAdmin, key: PartitionKey, partitions_used: int
+) -> None:
+    service = new_service(admin, partitions=4)
+    async with TaskRunner(
+        mode="remote", service_name=service.name, bootstrap_servers=kafka_bootstrap, partition_key=key
+    ) as runner:
+        batch = await runner.launch(runner.create_task_list(task("http://127.0.0.1:9/", timeout=5), 40))
+        messages = await asyncio.to_thread(
+            read, kafka_bootstrap, service.request_topic, until=lambda m: len(m) >= 40, partitions=4
+        )
+        await runner.close(batch)
+
+    assert len(messages) == 40
+    assert len({m.partition() for m in messages}) == partitions_used
+    keys = {(m.key() or b"").decode() for m in messages}
+    assert keys == ({"127.0.0.1:9"} if key == "host" else {str(t.id) for t in batch.tasks})
