@@ -53,15 +53,23 @@ class DevCluster:
 
 @contextlib.contextmanager
 def dev_cluster(
-    *, workers: int, services: Sequence[str], log_dir: Path | None = None, max_inflight: int = 1000
+    *,
+    workers: int,
+    services: Sequence[str],
+    log_dir: Path | None = None,
+    max_inflight: int = 1000,
+    worker_flags: Sequence[str] = (),
 ) -> Iterator[DevCluster]:
-    """Start a broker and ``workers`` workers, create the topics of ``services``, and yield once all are ready."""
+    """Start a broker and ``workers`` workers, create the topics of ``services``, and yield once all are ready.
+
+    ``worker_flags`` go to every worker's command line, after the cluster's own.
+    """
     with EmbeddedBroker() as broker:
         TopicAdmin({"bootstrap.servers": broker.bootstrap_servers}).init(services)
         started: list[DevWorker] = []
         try:
             for n in range(workers):
-                started.append(_start_worker(broker.bootstrap_servers, n, log_dir, max_inflight))
+                started.append(_start_worker(broker.bootstrap_servers, n, log_dir, max_inflight, worker_flags))
             for worker in started:
                 _wait_ready(worker)
             pid = broker.pid
@@ -70,7 +78,7 @@ def dev_cluster(
             _stop(started)
 
 
-def _start_worker(bootstrap: str, n: int, log_dir: Path | None, max_inflight: int) -> DevWorker:
+def _start_worker(bootstrap: str, n: int, log_dir: Path | None, max_inflight: int, extra: Sequence[str]) -> DevWorker:
     port = free_port()
     command = [
         sys.executable,
@@ -93,6 +101,7 @@ def _start_worker(bootstrap: str, n: int, log_dir: Path | None, max_inflight: in
         "2000",
         "--log-format",
         "text",
+        *extra,
     ]
     output = subprocess.DEVNULL if log_dir is None else (log_dir / f"worker-{n}.log").open("ab")
     process = subprocess.Popen(

@@ -144,6 +144,8 @@ class RemoteBackend(Backend):
         self._request_topic = request_topic(service_name)
         self._slots = asyncio.Semaphore(max_inflight)
         self._batches: dict[str, _RemoteBatch] = {}
+        #: Reply topics of closed batches, each waiting to be deleted (see ``_delete_when_settled``).
+        self._deletions: dict[str, asyncio.Task[None]] = {}
         self._admin = TopicAdmin(kafka.librdkafka_config(), timeout=request_timeout)
         self._producer: Producer | None = None
         self._reader: ReplyReader | None = None
@@ -298,22 +300,30 @@ class RemoteBackend(Backend):
         self._stop_jobs(state)
         self._release_all(state)
         self._retire(state)
-        await self._settle(state)
-        try:
-            await asyncio.to_thread(self._admin.delete, [state.reply_topic])
-        except (KafkaException, BrokerUnavailable) as exc:
-            # The topic is left to 'trs topics gc', which knows from its name when it expired.
-            log.warning("could not delete reply topic %s: %s", state.reply_topic, exc)
+        self._deletions[state.reply_topic] = asyncio.create_task(self._delete_when_settled(state))
 
-    @staticmethod
-    async def _settle(state: _RemoteBatch) -> None:
-        """Wait until no fetch that names the reply topic can still be in flight.
+    async def _delete_when_settled(self, state: _RemoteBatch) -> None:
+        """Delete the reply topic once no fetch of the reply reader can name it any more.
 
         librdkafka (2.4 and later) can crash on a fetch response for a partition of a topic it
         no longer knows when the broker adds a leader hint to the partition's error, as the
-        embedded broker does for a deleted topic. So the topic is deleted only once fetches sent
-        before the unassignment have had ample time to come back.
+        embedded broker does for a deleted topic. So the topic goes only once fetches sent before
+        the reader let go of it have had ample time to come back; ``close`` doesn't wait for that.
         """
+        await self._settle(state)
+        await self._delete([state.reply_topic])
+        self._deletions.pop(state.reply_topic, None)
+
+    async def _delete(self, topics: list[str]) -> None:
+        try:
+            await asyncio.to_thread(self._admin.delete, topics)
+        except (KafkaException, BrokerUnavailable) as exc:
+            # Left to 'trs topics gc', which knows from a topic's name when its batch expired.
+            log.warning("could not delete reply topics %s: %s", ", ".join(topics), exc)
+
+    @staticmethod
+    async def _settle(state: _RemoteBatch) -> None:
+        """Wait until ``UNASSIGN_SETTLE`` seconds have passed since the reader let go of the topic."""
         if state.unassigned is None:
             return
         with contextlib.suppress(KafkaException, CancelledError):
@@ -344,12 +354,19 @@ class RemoteBackend(Backend):
         for state in list(self._batches.values()):
             self._stop_jobs(state)
         jobs = [job for state in self._batches.values() for job in state.jobs]
+        jobs += self._deletions.values()
+        for deletion in self._deletions.values():
+            deletion.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*jobs, return_exceptions=True)
         self._batches.clear()
         reader, self._reader = self._reader, None
         if reader is not None:
             await asyncio.to_thread(reader.close)
+        # The reader is closed, so nothing fetches these any more: they can go at once.
+        doomed, self._deletions = list(self._deletions), {}
+        if doomed:
+            await self._delete(doomed)
         producer, self._producer = self._producer, None
         if producer is not None:
             # Shared with other runners: delivered, not closed.
