@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-__all__ = ["FLUSH_AT_EXIT_TIMEOUT", "shared_producer"]
+__all__ = ["FLUSH_AT_EXIT_TIMEOUT", "close_shared_producers", "shared_producer"]
 
 #: Seconds the producers get at interpreter exit to deliver what they still hold.
 FLUSH_AT_EXIT_TIMEOUT = 10.0
@@ -36,8 +36,17 @@ def shared_producer(config: dict[str, Any]) -> Producer:
         return producer
 
 
-def _flush_all() -> None:
+def close_shared_producers(timeout: float = FLUSH_AT_EXIT_TIMEOUT) -> None:
+    """Deliver what the shared producers hold, within ``timeout``, and close them.
+
+    For a process that is done with Kafka before it exits; a later remote runner starts afresh.
+    """
     with _lock:
         for producer in _producers.values():
-            producer.flush(FLUSH_AT_EXIT_TIMEOUT)
+            producer.flush(timeout)
+            producer.close()
         _producers.clear()
+
+
+def _flush_all() -> None:
+    close_shared_producers()

@@ -8,6 +8,7 @@ import pytest
 import trustme
 
 from producer import HttpRequest, Task, TlsConfig, run
+from producer.shared_producer import close_shared_producers
 from producer.topics import TopicAdmin
 from tests.broker import kafka_broker
 from tests.http_target import HttpTarget, http_target
@@ -19,6 +20,8 @@ def kafka_bootstrap() -> Iterator[str]:
     """Bootstrap servers of a real Kafka-protocol broker, shared by the whole session."""
     with kafka_broker() as bootstrap:
         yield bootstrap
+        # Before the broker goes, so the producers don't go on trying to reach it.
+        close_shared_producers()
 
 
 @dataclass(frozen=True)

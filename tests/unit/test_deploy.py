@@ -58,3 +58,17 @@ def test_prometheus_rules_pass_promtool() -> None:
 
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "SUCCESS" in completed.stdout
+
+
+def test_every_worker_variable_in_the_deployment_is_one_the_worker_reads() -> None:
+    from consumer.cli import _FLAGS, _envvar
+
+    deployment = yaml.safe_load((DEPLOY / "kubernetes" / "deployment.yaml").read_text())
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    known = {_envvar(settings, field) for _, settings, field, _ in _FLAGS} | {"TRS_ENGINE_INSECURE"}
+
+    used = {item["name"] for item in container["env"] if item["name"].startswith("TRS_")}
+
+    assert used
+    assert used <= known, used - known
+    assert container["ports"][0]["containerPort"] == 8080
