@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -84,17 +85,9 @@ class TopicAdmin:
         missing = [spec.new_topic() for spec in specs if not self.exists(spec.name)]
         if not missing:
             return []
+        # Another client may have created one meanwhile; that is what was wanted.
         futures = self._admin.create_topics(missing, request_timeout=self._timeout)
-        created = []
-        for name, future in futures.items():
-            try:
-                future.result(self._timeout)
-                created.append(name)
-            except KafkaException as exc:
-                # Another client may have created it meanwhile; that is what we wanted.
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise
-        return created
+        return self._done(futures, tolerated=KafkaError.TOPIC_ALREADY_EXISTS)
 
     def init(self, services: Iterable[str] = (), *, partitions: int = DEFAULT_REQUEST_PARTITIONS) -> list[str]:
         """Create ``trs-control``, ``trs-dlq`` and the request topic of each service, when missing."""
@@ -118,15 +111,20 @@ class TopicAdmin:
         names = list(topics)
         if not names:
             return []
-        deleted = []
-        for name, future in self._admin.delete_topics(names, request_timeout=self._timeout).items():
+        futures = self._admin.delete_topics(names, request_timeout=self._timeout)
+        return self._done(futures, tolerated=KafkaError.UNKNOWN_TOPIC_OR_PART)
+
+    def _done(self, futures: dict[str, Future[None]], *, tolerated: int) -> list[str]:
+        """The topics whose admin operation succeeded; an error of code ``tolerated`` is no failure."""
+        succeeded = []
+        for name, future in futures.items():
             try:
                 future.result(self._timeout)
-                deleted.append(name)
+                succeeded.append(name)
             except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                if exc.args[0].code() != tolerated:
                     raise
-        return deleted
+        return succeeded
 
     def orphans(self, older_than: timedelta, *, now: datetime | None = None) -> list[str]:
         """Reply topics whose batch has expired and that were created more than ``older_than`` ago."""
