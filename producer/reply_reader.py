@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 #: Seconds one round waits for a first message. It bounds how long a new assignment waits, so
 #: it is short; an idle round costs a few microseconds.
 POLL_TIMEOUT = 0.005
+#: Seconds an idle reader (no batch open) sleeps between looks at its commands.
+IDLE_WAIT = 1.0
 #: Seconds the metadata lookup of a new reply topic may take.
 METADATA_TIMEOUT = 5.0
 #: Most messages taken in one round.
@@ -49,6 +51,9 @@ class ReplyReader:
         self._commands: deque[tuple[Callable[[list[TopicPartition]], None], list[TopicPartition], Future[None]]] = (
             deque()
         )
+        # Set when a command or the stop arrives, so an idle reader sleeps instead of polling.
+        self._wake = threading.Event()
+        self._assigned = 0
         self._thread = threading.Thread(target=self._main, name="trs-reply-reader", daemon=True)
 
     def start(self) -> None:
@@ -64,15 +69,21 @@ class ReplyReader:
         # unknown. The metadata lookup first makes the leader known before the assignment.
         self._consumer.list_topics(partitions[0].topic, timeout=METADATA_TIMEOUT)
         self._consumer.incremental_assign(partitions)
+        self._assigned += len(partitions)
 
     def unassign(self, topic: str, partitions: int) -> Future[None]:
         """Stop reading ``topic``, at the next round."""
-        return self._command(self._consumer.incremental_unassign, [TopicPartition(topic, p) for p in range(partitions)])
+        return self._command(self._unassign, [TopicPartition(topic, p) for p in range(partitions)])
+
+    def _unassign(self, partitions: list[TopicPartition]) -> None:
+        self._consumer.incremental_unassign(partitions)
+        self._assigned -= len(partitions)
 
     def _command(self, call: Callable[[list[TopicPartition]], None], partitions: list[TopicPartition]) -> Future[None]:
         done: Future[None] = Future()
         done.add_done_callback(_log_failure)
         self._commands.append((call, partitions, done))
+        self._wake.set()
         return done
 
     def _run_commands(self) -> None:
@@ -88,6 +99,7 @@ class ReplyReader:
     def close(self) -> None:
         """Stop the thread and close the consumer. Blocks for up to one round."""
         self._stop.set()
+        self._wake.set()
         self._thread.join()
         while self._commands:
             self._commands.popleft()[2].cancel()
@@ -97,6 +109,11 @@ class ReplyReader:
         consumer = self._consumer
         while not self._stop.is_set():
             self._run_commands()
+            if not self._assigned:
+                # Nothing to read: sleep until a command comes, rather than poll.
+                self._wake.wait(IDLE_WAIT)
+                self._wake.clear()
+                continue
             try:
                 messages = consumer.consume(1, POLL_TIMEOUT)
                 if messages:
