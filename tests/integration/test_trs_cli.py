@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from producer import run
 from producer.embedded_broker import free_port
 from producer.topics import TopicAdmin
 from shared.models import HttpRequest, Task, TaskResult
@@ -182,3 +184,67 @@ def _alive(pid: int) -> bool:
     # A zombie has exited; only its parent's bookkeeping is left.
     status = Path(f"/proc/{pid}/status")
     return not (status.exists() and "State:\tZ" in status.read_text())
+
+
+def test_dev_up_serves_remote_batches_until_interrupted(target: HttpTarget) -> None:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cluster = subprocess.Popen(
+        [sys.executable, "-m", "producer", "dev", "up", "--workers", "1", "--service", "laptop"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=environment,
+    )
+    assert cluster.stdout is not None
+    printed = ""
+    while "export TRS_KAFKA_BOOTSTRAP_SERVERS=" not in printed:
+        line = cluster.stdout.readline()
+        assert line, "trs dev up ended before it was ready"
+        printed += line
+    bootstrap = re.search(r"export TRS_KAFKA_BOOTSTRAP_SERVERS=(\S+)", printed).group(1)  # type: ignore[union-attr]
+    worker_pid = int(re.search(r"worker pid (\d+)", printed).group(1))  # type: ignore[union-attr]
+
+    tasks = [Task(service_name="laptop", request=HttpRequest(url=f"{target.http}/ok")) for _ in range(20)]
+    results = run(tasks, mode="remote", bootstrap_servers=bootstrap)
+    cluster.send_signal(signal.SIGINT)
+    code = cluster.wait(60)
+
+    assert [r.ok for r in results] == [True] * 20
+    assert code == 130
+    assert not _alive(worker_pid)
+
+
+def test_run_draws_a_progress_bar_on_a_terminal(target: HttpTarget, tmp_path: Path) -> None:
+    source = write_tasks(
+        tmp_path / "tasks.jsonl", [Task(service_name="cli", request=HttpRequest(url=f"{target.http}/ok"))] * 1
+    )
+    output = tmp_path / "results.jsonl"
+    leader, follower = pty.openpty()
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm", "COLUMNS": "100"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "producer", "run", str(source), "--output", str(output)],
+        cwd=ROOT,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=environment,
+    )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    code = process.wait(60)
+    os.close(leader)
+
+    text = shown.decode(errors="replace")
+    assert code == 0
+    assert "local batch" in text
+    assert "1/1" in text
+    assert "1 tasks in" in text
