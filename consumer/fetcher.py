@@ -4,11 +4,12 @@ librdkafka's consumer calls block, and its rebalance callbacks run on whichever 
 one thread owns the group consumer, the control consumer and every commit; none of those calls
 runs on the event loop, and no two of them run at once. Each round, in order:
 
-* flow control: pause every partition when the worker's backlog is full, resume when it drains,
-  and keep polling either way, so ``max.poll.interval.ms`` is never hit;
+* flow control (see ``consumer.flow``): take records while the worker's backlog has room, hold off
+  for a moment when it hasn't, and pause every partition only when it stays full, polling on, so
+  ``max.poll.interval.ms`` is never hit;
 * commit the offsets that moved (see ``consumer.offsets``), at most every ``commit_interval``;
-* consume a batch: block for the first message only, then take what is already fetched, because
-  ``consume(n, timeout)`` would otherwise wait out the whole timeout for a partial batch;
+* consume a batch, unless holding: block for the first message only, then take what is already
+  fetched, because ``consume(n, timeout)`` would otherwise wait out the whole timeout for a partial batch;
 * track each record's offset, then hand the batch to the event loop;
 * read cancel orders from ``trs-control``, serve the producer's delivery reports, refresh lag.
 """
@@ -24,6 +25,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from consumer.flow import FlowControl, Step
 from consumer.offsets import Commit, OffsetTracker, TopicPartitionKey
 from shared.errors import InvalidEnvelope, TopicMissing
 from shared.metrics import WORKER_PARTITION_LAG
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 LAG_INTERVAL = 2.0
 #: Most cancel orders read in one round.
 CONTROL_BATCH = 500
+#: Seconds a holding round waits for the event loop to make room in the backlog.
+HOLD_WAIT = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,8 @@ class FetcherConfig:
     max_backlog: int
     consume_batch: int
     commit_interval: float
+    #: Seconds the backlog may stay short of room before the partitions pause; see ``consumer.flow``.
+    pause_after: float
     poll_timeout: float = 0.1
 
 
@@ -92,6 +98,7 @@ class Fetcher:
         self._fetching = threading.Event()
         self._closing = threading.Event()
         self._joined = threading.Event()
+        self._flow = FlowControl(config.max_backlog, config.pause_after)
         self._paused = False
         self._repause = False
         self._last_commit = 0.0
@@ -144,27 +151,31 @@ class Fetcher:
             self._on_failure(exc)
 
     def _round(self) -> None:
-        room = self._flow_control()
+        step, room = self._flow_control()
         self._commit_if_due()
-        records = self._consume(room)
-        if records:
-            self._handed += len(records)
-            self._on_records(records)
+        if step is Step.HOLD:
+            self._closing.wait(HOLD_WAIT)
+        else:
+            records = self._consume(room)
+            if records:
+                self._handed += len(records)
+                self._on_records(records)
         self._read_control()
         self._producer.poll(0)
         self._refresh_lag()
         self.last_beat = time.monotonic()
 
-    def _flow_control(self) -> int:
-        """Pause or resume as the backlog demands; returns how many records there is room for."""
+    def _flow_control(self) -> tuple[Step, int]:
+        """Pause or resume as the backlog demands; returns the round's step and the room for records."""
         backlog = self._handed - self._taken()
-        room = self._config.max_backlog - backlog if self._fetching.is_set() else 0
-        want_paused = room <= 0
-        if want_paused and (self._repause or not self._paused):
-            self._set_paused(True)
-        elif self._paused and room >= max(1, self._config.max_backlog // 2):
+        fetching = self._fetching.is_set()
+        step = self._flow.step(backlog, fetching=fetching, paused=self._paused, now=time.monotonic())
+        if step is Step.RESUME:
             self._set_paused(False)
-        return room
+        elif step is Step.PAUSE or (self._repause and self._paused):
+            # Partitions assigned while paused arrive resumed; they are paused like the others.
+            self._set_paused(True)
+        return step, self._flow.room(backlog, fetching=fetching)
 
     def _set_paused(self, paused: bool) -> None:
         partitions = self._consumer.assignment()

@@ -12,9 +12,10 @@
 3. When the broker acknowledges what was produced, the offset is done; the fetcher commits each
    partition up to its lowest incomplete offset.
 
-When the queue holds ``max_inflight`` records the fetcher pauses the partitions and goes on
-polling. On SIGTERM the worker stops fetching, gives the tasks in flight ``grace_period`` seconds,
-cuts the rest (they end ``cancelled``), produces those results, commits and leaves the group.
+When the queue holds ``max_inflight`` records the fetcher holds off, and if that lasts it pauses
+the partitions and goes on polling (see ``consumer.flow``). On SIGTERM the worker stops fetching,
+gives the tasks in flight ``grace_period`` seconds, cuts the rest (they end ``cancelled``), produces
+those results, commits and leaves the group.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ STALE_AFTER = 15.0
 FLUSH_TIMEOUT = 10.0
 #: Seconds the broker gets to answer at startup.
 STARTUP_TIMEOUT = 10.0
+#: Seconds the backlog may stay short of room before the partitions pause (see ``consumer.flow``).
+PAUSE_AFTER = 0.5
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,8 @@ class Worker:
                 max_backlog=worker.max_inflight,
                 consume_batch=worker.consume_batch,
                 commit_interval=worker.commit_interval,
+                # While it holds, the fetcher doesn't poll; stay far below the interval that would cost the group.
+                pause_after=min(PAUSE_AFTER, worker.max_poll_interval_ms / 1000 / 10),
             ),
             taken=lambda: self._taken,
             on_records=lambda records: loop.call_soon_threadsafe(self._enqueue, records),
