@@ -116,8 +116,9 @@ class DrainReport:
     split: list[int]
     #: Results beyond one per task (at-least-once delivery allows them).
     duplicates: int
-    #: Tasks whose result was not a 2xx response.
+    #: Tasks whose result was not a 2xx response, and how many results had each other outcome.
     failed: int
+    other_outcomes: dict[str, int]
     #: Seconds from starting the processes until every worker was ready (joined, with an assignment).
     join_seconds: float
     #: CPU time of the worker processes (every thread), and of their event-loop threads alone, per task,
@@ -442,9 +443,14 @@ def _wait_for_commits(bootstrap: str, setup: Setup, workers: Sequence[WorkerProc
 @dataclass(frozen=True)
 class ResultRecord:
     task_id: str
-    ok: bool
+    #: ``"200"`` for a response, else the error code.
+    outcome: str
     worker: str
     produced_ms: int
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome.isdigit() and 200 <= int(self.outcome) < 300
 
 
 def _read_results(bootstrap: str, topic: str, count: int) -> list[ResultRecord]:
@@ -463,10 +469,10 @@ def _read_results(bootstrap: str, topic: str, count: int) -> list[ResultRecord]:
                 kind, produced_ms = message.timestamp()
                 if kind == TIMESTAMP_NOT_AVAILABLE:
                     raise RuntimeError("result records carry no timestamp")
-                envelope = decode_result(message.value(), message.headers())
-                response = envelope.result.response
-                ok = response is not None and 200 <= response.status_code < 300
-                records.append(ResultRecord(str(envelope.result.task_id), ok, envelope.worker or "", produced_ms))
+                result = decode_result(message.value(), message.headers())
+                response = result.result.response
+                outcome = str(response.status_code) if response is not None else result.result.outcome
+                records.append(ResultRecord(str(result.result.task_id), outcome, result.worker or "", produced_ms))
     finally:
         consumer.close()
     return records
@@ -486,6 +492,7 @@ def _drain_report(records: list[ResultRecord], workers: int, count: int, join_se
         split=[per_worker[name] for name in sorted(per_worker)],
         duplicates=len(records) - len({r.task_id for r in records}),
         failed=count - len(ok_tasks),
+        other_outcomes=dict(Counter(r.outcome for r in records if not r.ok)),
         join_seconds=round(join_seconds, 2),
         cpu_us_per_task=round(cpu.workers / count * 1e6, 1),
         loop_cpu_us_per_task=round(cpu.loops / count * 1e6, 1),
@@ -597,7 +604,7 @@ def _print_drain(run: str, drain: DrainReport, concurrency: int) -> None:
     print(
         f"{run:8s} {drain.tps:>9,.0f} tasks/s over {drain.seconds:.2f} s, {drain.tasks} GET, c={concurrency} each, "
         f"split {drain.split}, joined in {drain.join_seconds:.1f} s, duplicates {drain.duplicates}, "
-        f"failed {drain.failed}; CPU us/task: workers {drain.cpu_us_per_task:.0f} "
+        f"failed {drain.failed} {drain.other_outcomes or ''}; CPU us/task: workers {drain.cpu_us_per_task:.0f} "
         f"(loop threads {drain.loop_cpu_us_per_task:.0f}), broker {drain.broker_cpu_us_per_task:.0f}, "
         f"nginx {drain.nginx_cpu_us_per_task:.0f}",
         flush=True,
@@ -623,7 +630,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None, help="record each worker with py-spy into this directory")
     parser.add_argument("--profile-format", choices=("flamegraph", "raw", "speedscope"), default="flamegraph")
     parser.add_argument("--profile-args", default="", help='more py-spy record flags, e.g. "--gil --native --rate 500"')
-    parser.add_argument("--keep-logs", action="store_true", help="keep the workers' logs and print where")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the workers' logs (kept anyway on failures)")
     # Child mode: measure local mode in this process and print its report.
     parser.add_argument("--child", choices=("local",), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -679,11 +686,11 @@ def main() -> None:
                 )
                 drains.setdefault(run, []).append(drain)
                 _print_drain(run, drain, args.concurrency)
-    if args.keep_logs:
+    summary = summarize(drains, local, plan=plan, concurrency=args.concurrency)
+    if args.keep_logs or summary["failed"] or summary["duplicates"]:
         print(f"worker logs in {log_dir}", flush=True)
     else:
         shutil.rmtree(log_dir, ignore_errors=True)
-    summary = summarize(drains, local, plan=plan, concurrency=args.concurrency)
     print(f"total {time.perf_counter() - started:.1f}s", flush=True)
     print(json.dumps(summary), flush=True)
     if summary["failed"]:
