@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
+from prometheus_client import Counter
 
 from consumer.cancels import CancelRegistry
 from consumer.fetcher import Fetcher, FetcherConfig, Record
@@ -91,6 +92,7 @@ class Worker:
         self._tracker = OffsetTracker()
         self._cancels = CancelRegistry()
         self._counts: dict[str, int] = {}
+        self._completed: dict[str, Counter] = {}
         #: The runners busy with each batch's tasks, so a cancel order can cut them.
         self._running: dict[str, set[asyncio.Task[Any]]] = {}
 
@@ -215,20 +217,27 @@ class Worker:
     # The runners ------------------------------------------------------------------------------
 
     async def _runner(self) -> None:
+        # Looked up once: a cancel order finds the runners busy with its batch by their task.
+        runner = asyncio.current_task()
+        assert runner is not None
         queue = self._queue
         while True:
-            record = await queue.get()
+            try:
+                # The queue is rarely empty under load, and this skips a coroutine per record.
+                record = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                record = await queue.get()
             self._taken += 1
             if (record is None) or self._draining:
                 # A record taken now never starts and is never marked done: the next owner runs it.
                 return
             self._busy += 1
             try:
-                await self._handle(record)
+                await self._handle(record, runner)
             finally:
                 self._busy -= 1
 
-    async def _handle(self, record: Record) -> None:
+    async def _handle(self, record: Record, runner: asyncio.Task[Any]) -> None:
         if not self._tracker.is_current(record.key, record.epoch):
             # The partition was revoked while this waited; its next owner runs it.
             return
@@ -242,13 +251,11 @@ class Worker:
         if envelope.batch_id in self._cancels:
             result = _error_result(envelope, ErrorCode.CANCELLED)
         else:
-            result = await self._execute(record, envelope)
+            result = await self._execute(record, envelope, runner)
         await self._reply(record, envelope, result)
 
-    async def _execute(self, record: Record, envelope: TaskEnvelope) -> TaskResult:
+    async def _execute(self, record: Record, envelope: TaskEnvelope, runner: asyncio.Task[Any]) -> TaskResult:
         """Run the task on the engine; a cancel order for its batch, or the drain, cuts it."""
-        runner = asyncio.current_task()
-        assert runner is not None
         running = self._running.setdefault(envelope.batch_id, set())
         running.add(runner)
         try:
@@ -274,7 +281,11 @@ class Worker:
 
     def _count(self, outcome: str) -> None:
         self._counts[outcome] = self._counts.get(outcome, 0) + 1
-        WORKER_TASKS_COMPLETED.labels(outcome).inc()
+        counter = self._completed.get(outcome)
+        if counter is None:
+            # labels() looks the child up under a lock on every call; the outcomes are few.
+            counter = self._completed[outcome] = WORKER_TASKS_COMPLETED.labels(outcome)
+        counter.inc()
 
     # Shutdown ---------------------------------------------------------------------------------
 
