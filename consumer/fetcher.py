@@ -11,7 +11,11 @@ runs on the event loop, and no two of them run at once. Each round, in order:
 * consume a batch, unless holding: block for the first message only, then take what is already
   fetched, because ``consume(n, timeout)`` would otherwise wait out the whole timeout for a partial batch;
 * track each record's offset, then hand the batch to the event loop;
-* read cancel orders from ``trs-control``, serve the producer's delivery reports, refresh lag.
+* read cancel orders from ``trs-control``, refresh lag.
+
+The producer's delivery reports are served on the event loop (``consumer.worker``), not here: each
+report calls back into Python, and from this thread every callback had to take the GIL from the
+event loop and give it back.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from consumer.flow import FlowControl, Step
+from consumer.flow import Backlog, FlowControl, Step
 from consumer.offsets import Commit, OffsetTracker, TopicPartitionKey
 from shared.errors import InvalidEnvelope, TopicMissing
 from shared.metrics import WORKER_PARTITION_LAG
@@ -40,8 +44,6 @@ log = logging.getLogger(__name__)
 LAG_INTERVAL = 2.0
 #: Most cancel orders read in one round.
 CONTROL_BATCH = 500
-#: Seconds a holding round waits for the event loop to make room in the backlog.
-HOLD_WAIT = 0.002
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,6 @@ class FetcherConfig:
     """What the fetcher needs besides its clients."""
 
     topics: Sequence[str]
-    max_backlog: int
     consume_batch: int
     commit_interval: float
     #: Seconds the backlog may stay short of room before the partitions pause; see ``consumer.flow``.
@@ -75,22 +76,18 @@ class Fetcher:
         *,
         consumer_config: dict[str, Any],
         control_config: dict[str, Any],
-        producer: Producer,
         tracker: OffsetTracker,
         config: FetcherConfig,
-        taken: Callable[[], int],
+        backlog: Backlog,
         on_records: Callable[[list[Record]], object],
         on_cancel: Callable[[CancelEnvelope], object],
         on_failure: Callable[[BaseException], object],
     ) -> None:
         self._consumer = Consumer({**consumer_config, "on_commit": self._on_commit})
         self._control = Consumer(control_config)
-        self._producer = producer
         self._tracker = tracker
         self._config = config
-        self._taken = taken
-        # Records handed to the event loop; written by this thread only, as ``taken`` is by the loop.
-        self._handed = 0
+        self._backlog = backlog
         self._on_records = on_records
         self._on_cancel = on_cancel
         self._on_failure = on_failure
@@ -98,7 +95,7 @@ class Fetcher:
         self._fetching = threading.Event()
         self._closing = threading.Event()
         self._joined = threading.Event()
-        self._flow = FlowControl(config.max_backlog, config.pause_after)
+        self._flow = FlowControl(backlog.max_backlog, config.pause_after)
         self._paused = False
         self._repause = False
         self._last_commit = 0.0
@@ -154,20 +151,19 @@ class Fetcher:
         step, room = self._flow_control()
         self._commit_if_due()
         if step is Step.HOLD:
-            self._closing.wait(HOLD_WAIT)
+            self._backlog.wait_for_room(self._config.poll_timeout)
         else:
             records = self._consume(room)
             if records:
-                self._handed += len(records)
+                self._backlog.handed(len(records))
                 self._on_records(records)
         self._read_control()
-        self._producer.poll(0)
         self._refresh_lag()
         self.last_beat = time.monotonic()
 
     def _flow_control(self) -> tuple[Step, int]:
         """Pause or resume as the backlog demands; returns the round's step and the room for records."""
-        backlog = self._handed - self._taken()
+        backlog = len(self._backlog)
         fetching = self._fetching.is_set()
         step = self._flow.step(backlog, fetching=fetching, paused=self._paused, now=time.monotonic())
         if step is Step.RESUME:

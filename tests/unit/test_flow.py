@@ -1,8 +1,10 @@
-"""The fetcher's flow control: take while there is room, hold a full backlog, pause only one that stays full."""
+"""Flow control: take while there is room, hold a full backlog, pause only one that stays full, wake on room."""
 
 from __future__ import annotations
 
-from consumer.flow import FlowControl, Step
+import threading
+
+from consumer.flow import Backlog, FlowControl, Step, low_water
 
 
 def flow() -> FlowControl:
@@ -70,3 +72,43 @@ def test_a_backlog_of_one_takes_only_when_empty() -> None:
 
     assert control.step(0, fetching=True, paused=False, now=0.0) is Step.TAKE
     assert control.step(1, fetching=True, paused=False, now=0.0) is Step.HOLD
+
+
+def test_the_low_water_mark_leaves_at_least_half_the_backlog_free() -> None:
+    assert [low_water(n) for n in (1, 2, 3, 100, 101)] == [0, 1, 2, 50, 51]
+
+
+def test_a_holding_fetcher_finds_room_once_takes_reach_the_low_water_mark() -> None:
+    backlog = Backlog(100)
+    backlog.handed(100)
+
+    def take_fifty() -> None:
+        for _ in range(50):
+            backlog.took()
+
+    # The takes may land before or during the wait; the wait sees the room either way.
+    takes = threading.Thread(target=take_fifty)
+
+    takes.start()
+    found = backlog.wait_for_room(timeout=60)
+    takes.join()
+
+    assert found
+    assert len(backlog) == 50
+
+
+def test_a_full_backlog_finds_no_room_before_its_timeout() -> None:
+    backlog = Backlog(100)
+    backlog.handed(100)
+    for _ in range(49):
+        backlog.took()
+
+    assert not backlog.wait_for_room(timeout=0)
+    assert len(backlog) == 51
+
+
+def test_a_backlog_below_the_mark_has_room_at_once() -> None:
+    backlog = Backlog(100)
+    backlog.handed(30)
+
+    assert backlog.wait_for_room(timeout=0)
