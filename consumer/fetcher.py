@@ -4,9 +4,9 @@ librdkafka's consumer calls block, and its rebalance callbacks run on whichever 
 one thread owns the group consumer, the control consumer and every commit; none of those calls
 runs on the event loop, and no two of them run at once. Each round, in order:
 
-* flow control (see ``consumer.flow``): take records while the worker's backlog has room, hold off
-  for a moment when it hasn't, and pause every partition only when it stays full, polling on, so
-  ``max.poll.interval.ms`` is never hit;
+* flow control (see ``consumer.flow``): take records once half the worker's backlog has room, hold
+  off until runners make that room, and pause every partition only when the holding lasts, polling
+  on, so ``max.poll.interval.ms`` is never hit;
 * commit the offsets that moved (see ``consumer.offsets``), at most every ``commit_interval``;
 * consume a batch, unless holding: block for the first message only, then take what is already
   fetched, because ``consume(n, timeout)`` would otherwise wait out the whole timeout for a partial batch;
