@@ -453,16 +453,18 @@ class ResultRecord:
         return self.outcome.isdigit() and 200 <= int(self.outcome) < 300
 
 
-def _read_results(bootstrap: str, topic: str, count: int) -> list[ResultRecord]:
-    """Every result record on ``topic``, with the time its worker produced it."""
+def _read_results(bootstrap: str, topic: str) -> list[ResultRecord]:
+    """Every result record on ``topic``, duplicates included, with the time its worker produced it."""
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": f"wbench-reader-{uuid.uuid4().hex}", "enable.auto.commit": False}
     )
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(REPLY_PARTITIONS)])
+    partitions = [TopicPartition(topic, p, 0) for p in range(REPLY_PARTITIONS)]
+    consumer.assign(partitions)
+    total = sum(high - low for low, high in (consumer.get_watermark_offsets(p, timeout=10) for p in partitions))
     records: list[ResultRecord] = []
     deadline = time.monotonic() + 120
     try:
-        while len(records) < count and time.monotonic() < deadline:
+        while len(records) < total and time.monotonic() < deadline:
             for message in consumer.consume(1000, 0.5):
                 if message.error() is not None:
                     continue
@@ -534,7 +536,7 @@ def run_workers(
         codes = [p.stop() for p in processes]
     if any(codes):
         raise RuntimeError(f"workers exited with {codes}; logs in {log_dir}")
-    records = _read_results(bootstrap, setup.reply_topic, plan.tasks)
+    records = _read_results(bootstrap, setup.reply_topic)
     admin.delete([setup.reply_topic, setup.request_topic])
     return _drain_report(records, workers, plan.tasks, join_seconds, cpu)
 
