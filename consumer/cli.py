@@ -42,6 +42,7 @@ _FLAGS: list[tuple[str, type[KafkaSettings | EngineSettings | WorkerSettings], s
     ("--consume-batch", WorkerSettings, "consume_batch", "Most messages taken from Kafka in one call."),
     ("--fetch-wait-max-ms", WorkerSettings, "fetch_wait_max_ms", "Longest a fetch waits at the broker for data."),
     ("--metadata-refresh-ms", WorkerSettings, "metadata_refresh_ms", "How often new request topics are looked for."),
+    ("--linger-ms", WorkerSettings, "linger_ms", "Longest a result waits to be sent in a batch with others."),
     ("--commit-interval", WorkerSettings, "commit_interval", "Seconds between offset commits."),
     ("--max-message-bytes", WorkerSettings, "max_message_bytes", "Largest result message produced."),
     ("--transport", EngineSettings, "transport", "HTTP transport: pyreqwest or httpx."),

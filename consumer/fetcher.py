@@ -4,13 +4,18 @@ librdkafka's consumer calls block, and its rebalance callbacks run on whichever 
 one thread owns the group consumer, the control consumer and every commit; none of those calls
 runs on the event loop, and no two of them run at once. Each round, in order:
 
-* flow control: pause every partition when the worker's backlog is full, resume when it drains,
-  and keep polling either way, so ``max.poll.interval.ms`` is never hit;
+* flow control (see ``consumer.flow``): take records once half the worker's backlog has room, hold
+  off until runners make that room, and pause every partition only when the holding lasts, polling
+  on, so ``max.poll.interval.ms`` is never hit;
 * commit the offsets that moved (see ``consumer.offsets``), at most every ``commit_interval``;
-* consume a batch: block for the first message only, then take what is already fetched, because
-  ``consume(n, timeout)`` would otherwise wait out the whole timeout for a partial batch;
+* consume a batch, unless holding: block for the first message only, then take what is already
+  fetched, because ``consume(n, timeout)`` would otherwise wait out the whole timeout for a partial batch;
 * track each record's offset, then hand the batch to the event loop;
-* read cancel orders from ``trs-control``, serve the producer's delivery reports, refresh lag.
+* read cancel orders from ``trs-control``, refresh lag.
+
+The producer's delivery reports are served on the event loop (``consumer.worker``), not here: each
+report calls back into Python, and from this thread every callback had to take the GIL from the
+event loop and give it back.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from consumer.flow import Backlog, FlowControl, Step
 from consumer.offsets import Commit, OffsetTracker, TopicPartitionKey
 from shared.errors import InvalidEnvelope, TopicMissing
 from shared.metrics import WORKER_PARTITION_LAG
@@ -55,9 +61,10 @@ class FetcherConfig:
     """What the fetcher needs besides its clients."""
 
     topics: Sequence[str]
-    max_backlog: int
     consume_batch: int
     commit_interval: float
+    #: Seconds the backlog may stay short of room before the partitions pause; see ``consumer.flow``.
+    pause_after: float
     poll_timeout: float = 0.1
 
 
@@ -69,22 +76,18 @@ class Fetcher:
         *,
         consumer_config: dict[str, Any],
         control_config: dict[str, Any],
-        producer: Producer,
         tracker: OffsetTracker,
         config: FetcherConfig,
-        taken: Callable[[], int],
+        backlog: Backlog,
         on_records: Callable[[list[Record]], object],
         on_cancel: Callable[[CancelEnvelope], object],
         on_failure: Callable[[BaseException], object],
     ) -> None:
         self._consumer = Consumer({**consumer_config, "on_commit": self._on_commit})
         self._control = Consumer(control_config)
-        self._producer = producer
         self._tracker = tracker
         self._config = config
-        self._taken = taken
-        # Records handed to the event loop; written by this thread only, as ``taken`` is by the loop.
-        self._handed = 0
+        self._backlog = backlog
         self._on_records = on_records
         self._on_cancel = on_cancel
         self._on_failure = on_failure
@@ -92,6 +95,7 @@ class Fetcher:
         self._fetching = threading.Event()
         self._closing = threading.Event()
         self._joined = threading.Event()
+        self._flow = FlowControl(backlog.max_backlog, config.pause_after)
         self._paused = False
         self._repause = False
         self._last_commit = 0.0
@@ -144,27 +148,30 @@ class Fetcher:
             self._on_failure(exc)
 
     def _round(self) -> None:
-        room = self._flow_control()
+        step, room = self._flow_control()
         self._commit_if_due()
-        records = self._consume(room)
-        if records:
-            self._handed += len(records)
-            self._on_records(records)
+        if step is Step.HOLD:
+            self._backlog.wait_for_room(self._config.poll_timeout)
+        else:
+            records = self._consume(room)
+            if records:
+                self._backlog.handed(len(records))
+                self._on_records(records)
         self._read_control()
-        self._producer.poll(0)
         self._refresh_lag()
         self.last_beat = time.monotonic()
 
-    def _flow_control(self) -> int:
-        """Pause or resume as the backlog demands; returns how many records there is room for."""
-        backlog = self._handed - self._taken()
-        room = self._config.max_backlog - backlog if self._fetching.is_set() else 0
-        want_paused = room <= 0
-        if want_paused and (self._repause or not self._paused):
-            self._set_paused(True)
-        elif self._paused and room >= max(1, self._config.max_backlog // 2):
+    def _flow_control(self) -> tuple[Step, int]:
+        """Pause or resume as the backlog demands; returns the round's step and the room for records."""
+        backlog = len(self._backlog)
+        fetching = self._fetching.is_set()
+        step = self._flow.step(backlog, fetching=fetching, paused=self._paused, now=time.monotonic())
+        if step is Step.RESUME:
             self._set_paused(False)
-        return room
+        elif step is Step.PAUSE or (self._repause and self._paused):
+            # Partitions assigned while paused arrive resumed; they are paused like the others.
+            self._set_paused(True)
+        return step, self._flow.room(backlog, fetching=fetching)
 
     def _set_paused(self, paused: bool) -> None:
         partitions = self._consumer.assignment()

@@ -188,7 +188,7 @@ class Replies:
                 self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback)
                 return
             except BufferError:
-                # The local queue is full; the fetcher thread serves delivery reports meanwhile.
+                # The local queue is full; the worker serves delivery reports meanwhile.
                 await asyncio.sleep(QUEUE_FULL_BACKOFF)
             except KafkaException as exc:
                 log.error("could not produce to %s: %s", topic, exc)

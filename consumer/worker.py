@@ -10,11 +10,14 @@
    result. A message that can't be decoded goes to the dead-letter topic. A cancel order on
    ``trs-control`` also cuts its batch's tasks in flight; they end ``cancelled``.
 3. When the broker acknowledges what was produced, the offset is done; the fetcher commits each
-   partition up to its lowest incomplete offset.
+   partition up to its lowest incomplete offset. The acknowledgements (delivery reports) are served
+   here on the event loop every few milliseconds: each one calls back into Python, and served from
+   the fetcher thread every callback took the GIL from the event loop and handed it back.
 
-When the queue holds ``max_inflight`` records the fetcher pauses the partitions and goes on
-polling. On SIGTERM the worker stops fetching, gives the tasks in flight ``grace_period`` seconds,
-cuts the rest (they end ``cancelled``), produces those results, commits and leaves the group.
+When the queue holds ``max_inflight`` records the fetcher holds off until runners have taken half
+of them, and if that lasts it pauses the partitions and goes on polling (see ``consumer.flow``).
+On SIGTERM the worker stops fetching, gives the tasks in flight ``grace_period`` seconds, cuts the
+rest (they end ``cancelled``), produces those results, commits and leaves the group.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
+from prometheus_client import Counter
 
 from consumer.cancels import CancelRegistry
 from consumer.fetcher import Fetcher, FetcherConfig, Record
+from consumer.flow import Backlog
 from consumer.health import HealthServer, Probe
 from consumer.kafka_config import consumer_config, control_config, producer_config, subscription
 from consumer.offsets import OffsetTracker
@@ -61,6 +66,12 @@ STALE_AFTER = 15.0
 FLUSH_TIMEOUT = 10.0
 #: Seconds the broker gets to answer at startup.
 STARTUP_TIMEOUT = 10.0
+#: Seconds the backlog may stay short of room before the partitions pause (see ``consumer.flow``).
+PAUSE_AFTER = 0.5
+#: Seconds between servings of the producer's delivery reports while results are unacknowledged,
+#: and while none are. Reports only gate commits, which come every ``commit_interval``.
+DELIVERY_INTERVAL = 0.005
+DELIVERY_IDLE_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)
@@ -80,14 +91,15 @@ class Worker:
         self.name = config.worker.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self._stop = asyncio.Event()
         self._queue: asyncio.Queue[Record | None] = asyncio.Queue()
-        self._taken = 0
         self._busy = 0
         self._draining = False
         self._failure: BaseException | None = None
         self._last_beat = time.monotonic()
         self._tracker = OffsetTracker()
+        self._backlog = Backlog(config.worker.max_inflight)
         self._cancels = CancelRegistry()
         self._counts: dict[str, int] = {}
+        self._completed: dict[str, Counter] = {}
         #: The runners busy with each batch's tasks, so a cancel order can cut them.
         self._running: dict[str, set[asyncio.Task[Any]]] = {}
 
@@ -140,15 +152,15 @@ class Worker:
         self._fetcher = Fetcher(
             consumer_config=consumer_config(kafka, worker),
             control_config=control_config(kafka, worker),
-            producer=self._producer,
             tracker=self._tracker,
             config=FetcherConfig(
                 topics=self._topics,
-                max_backlog=worker.max_inflight,
                 consume_batch=worker.consume_batch,
                 commit_interval=worker.commit_interval,
+                # While it holds, the fetcher doesn't poll; stay far below the interval that would cost the group.
+                pause_after=min(PAUSE_AFTER, worker.max_poll_interval_ms / 1000 / 10),
             ),
-            taken=lambda: self._taken,
+            backlog=self._backlog,
             on_records=lambda records: loop.call_soon_threadsafe(self._enqueue, records),
             on_cancel=lambda order: loop.call_soon_threadsafe(self._cancel, order),
             on_failure=lambda exc: loop.call_soon_threadsafe(self._fetcher_failed, exc),
@@ -159,6 +171,8 @@ class Worker:
         self._health.start()
         self._fetcher.start()
         self._runners = [asyncio.create_task(self._runner()) for _ in range(worker.max_inflight)]
+        self._deliveries = asyncio.create_task(self._serve_deliveries())
+        self._deliveries.add_done_callback(self._deliveries_ended)
 
     def _check_topics_exist(self) -> None:
         servers = self.config.kafka.bootstrap_servers
@@ -207,23 +221,48 @@ class Worker:
         self._failure = exc
         self._stop.set()
 
+    # Delivery reports -------------------------------------------------------------------------
+
+    async def _serve_deliveries(self) -> None:
+        """Serve the producer's delivery reports, which mark offsets done, until cancelled."""
+        producer = self._producer
+        while True:
+            producer.poll(0)
+            await asyncio.sleep(DELIVERY_INTERVAL if len(producer) else DELIVERY_IDLE_INTERVAL)
+
+    def _deliveries_ended(self, task: asyncio.Task[None]) -> None:
+        # Without delivery reports no offset is ever done again: stop rather than stall.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("serving delivery reports failed", exc_info=task.exception())
+            self._failure = task.exception()
+            self._stop.set()
+
     # The runners ------------------------------------------------------------------------------
 
     async def _runner(self) -> None:
+        # Looked up once: a cancel order finds the runners busy with its batch by their task.
+        runner = asyncio.current_task()
+        assert runner is not None
         queue = self._queue
         while True:
-            record = await queue.get()
-            self._taken += 1
-            if (record is None) or self._draining:
+            try:
+                # The queue is rarely empty under load, and this skips a coroutine per record.
+                record = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                record = await queue.get()
+            if record is None:
+                return
+            self._backlog.took()
+            if self._draining:
                 # A record taken now never starts and is never marked done: the next owner runs it.
                 return
             self._busy += 1
             try:
-                await self._handle(record)
+                await self._handle(record, runner)
             finally:
                 self._busy -= 1
 
-    async def _handle(self, record: Record) -> None:
+    async def _handle(self, record: Record, runner: asyncio.Task[Any]) -> None:
         if not self._tracker.is_current(record.key, record.epoch):
             # The partition was revoked while this waited; its next owner runs it.
             return
@@ -237,13 +276,11 @@ class Worker:
         if envelope.batch_id in self._cancels:
             result = _error_result(envelope, ErrorCode.CANCELLED)
         else:
-            result = await self._execute(record, envelope)
+            result = await self._execute(record, envelope, runner)
         await self._reply(record, envelope, result)
 
-    async def _execute(self, record: Record, envelope: TaskEnvelope) -> TaskResult:
+    async def _execute(self, record: Record, envelope: TaskEnvelope, runner: asyncio.Task[Any]) -> TaskResult:
         """Run the task on the engine; a cancel order for its batch, or the drain, cuts it."""
-        runner = asyncio.current_task()
-        assert runner is not None
         running = self._running.setdefault(envelope.batch_id, set())
         running.add(runner)
         try:
@@ -269,7 +306,11 @@ class Worker:
 
     def _count(self, outcome: str) -> None:
         self._counts[outcome] = self._counts.get(outcome, 0) + 1
-        WORKER_TASKS_COMPLETED.labels(outcome).inc()
+        counter = self._completed.get(outcome)
+        if counter is None:
+            # labels() looks the child up under a lock on every call; the outcomes are few.
+            counter = self._completed[outcome] = WORKER_TASKS_COMPLETED.labels(outcome)
+        counter.inc()
 
     # Shutdown ---------------------------------------------------------------------------------
 
@@ -286,6 +327,8 @@ class Worker:
         for runner in late:
             runner.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
+        self._deliveries.cancel()
+        # Serves the last delivery reports too.
         await asyncio.to_thread(self._producer.flush, FLUSH_TIMEOUT)
         await asyncio.to_thread(self._fetcher.close)
         await self._engine.aclose()

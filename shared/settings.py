@@ -118,6 +118,10 @@ class WorkerSettings(BaseSettings):
     consume_batch: int = Field(default=500, ge=1, le=100_000)
     #: How long a fetch may wait for data at the broker. Low, because a task waits for it.
     fetch_wait_max_ms: int = Field(default=10, ge=0, le=10_000)
+    #: How long a result may wait to be sent with others. Each batch costs a wake-up of librdkafka's
+    #: thread and a produce request: at 5,000 results/s, 5 ms instead of 1 ms roughly halves the CPU
+    #: librdkafka and the broker spend per result, for up to 4 ms more latency on an idle worker.
+    linger_ms: int = Field(default=5, ge=0, le=1000)
     #: How often the topic list is refreshed, so a new service's request topic is picked up.
     metadata_refresh_ms: int = Field(default=30_000, ge=1000)
     #: Seconds between commits of finished offsets.

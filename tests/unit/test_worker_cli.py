@@ -6,6 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from consumer.cli import _FLAGS, _envvar, _settings, main
+from consumer.kafka_config import producer_config
+from shared.settings import KafkaSettings, WorkerSettings
 
 
 def test_help_documents_every_flag_with_its_environment_variable() -> None:
@@ -50,3 +52,11 @@ def test_a_bad_environment_variable_is_a_usage_error_too(monkeypatch: pytest.Mon
 
     assert result.exit_code == 2
     assert "invalid setting: log_format: Input should be 'json' or 'text'" in result.output
+
+
+def test_the_reply_producer_batches_for_linger_ms_five_by_default() -> None:
+    default = producer_config(KafkaSettings(), WorkerSettings())
+    chosen = producer_config(KafkaSettings(), _settings({"linger_ms": "1"}).worker)
+
+    assert default["linger.ms"] == 5
+    assert chosen["linger.ms"] == 1
