@@ -9,10 +9,13 @@ result carries only a code and that code's fixed message.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
+
+from prometheus_client import Histogram
 
 from shared.engine.allowlist import TargetAllowlist
 from shared.engine.retry import backoff_delay, parse_retry_after, should_retry
@@ -42,6 +45,13 @@ def transport_factory(name: str) -> TransportFactory:
 
         return HttpxTransport
     raise ValueError(f"unknown transport {name!r}: choose pyreqwest or httpx")
+
+
+@functools.cache
+def _duration_histogram(method: str, status_class: str) -> Histogram:
+    # prometheus-client's labels() builds and checks the label tuple under a lock on every call;
+    # the labelled child never changes, so look it up once per label pair.
+    return HTTP_REQUEST_DURATION.labels(method, status_class)
 
 
 def _with_user_agent(task: Task) -> HttpRequest:
@@ -157,7 +167,7 @@ class Engine:
             log.exception("unexpected error in transport %s", type(transport).__name__)
             return InternalError(type(exc).__name__)
         finally:
-            HTTP_REQUEST_DURATION.labels(request.method, status_class(status)).observe(self._clock() - sent)
+            _duration_histogram(request.method, status_class(status)).observe(self._clock() - sent)
 
     def _transport_for(self, policy: TransportPolicy) -> Transport:
         key = (policy, self._tls)
