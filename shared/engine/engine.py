@@ -54,10 +54,9 @@ def _duration_histogram(method: str, status_class: str) -> Histogram:
     return HTTP_REQUEST_DURATION.labels(method, status_class)
 
 
-def _with_user_agent(task: Task) -> HttpRequest:
-    if task.request.header("user-agent") is not None:
-        return task.request
-    return task.request.model_copy(update={"headers": [*task.request.headers, ("User-Agent", task.service_name)]})
+def _default_user_agent(task: Task) -> str | None:
+    """The User-Agent the transport adds: the service name, unless the request sets its own."""
+    return None if task.request.header("user-agent") is not None else task.service_name
 
 
 def _error(task: Task, code: ErrorCode, attempts: int, started: float, status: int | None = None) -> TaskResult:
@@ -108,7 +107,8 @@ class Engine:
         deadline = own_deadline if deadline is None else min(deadline, own_deadline)
         if not self._allowlist.allows(task.request.url):
             return _error(task, ErrorCode.TARGET_NOT_ALLOWED, 0, started)
-        request = _with_user_agent(task)
+        request = task.request
+        user_agent = _default_user_agent(task)
         transport = self._transport_for(task.policy.transport)
         policy = task.policy.retry
         attempt = 0
@@ -116,7 +116,7 @@ class Engine:
             if self._clock() >= deadline:
                 return _error(task, ErrorCode.TIMEOUT, attempt, started)
             attempt += 1
-            outcome = await self._attempt(transport, request, task.policy.transport, deadline)
+            outcome = await self._attempt(transport, request, user_agent, task.policy.transport, deadline)
             if outcome is None:
                 return _error(task, ErrorCode.TIMEOUT, attempt, started)
             verdict = outcome.status_code if isinstance(outcome, HttpResponse) else outcome
@@ -140,7 +140,12 @@ class Engine:
         return TaskResult(task_id=task.id, response=outcome, attempts=attempts, elapsed=elapsed)
 
     async def _attempt(
-        self, transport: Transport, request: HttpRequest, policy: TransportPolicy, deadline: float
+        self,
+        transport: Transport,
+        request: HttpRequest,
+        user_agent: str | None,
+        policy: TransportPolicy,
+        deadline: float,
     ) -> HttpResponse | TaskFailed | None:
         """One attempt's outcome: a response, an engine error, or ``None`` when the deadline cut it."""
         limit = self._host_limit(policy, request.url)
@@ -150,11 +155,16 @@ class Engine:
         try:
             async with asyncio.timeout(remaining):
                 if limit is None:
-                    response = await transport.send(request, max_body_bytes=self._max_response_bytes, timeout=remaining)
+                    response = await transport.send(
+                        request, user_agent=user_agent, max_body_bytes=self._max_response_bytes, timeout=remaining
+                    )
                 else:
                     async with limit:
                         response = await transport.send(
-                            request, max_body_bytes=self._max_response_bytes, timeout=deadline - self._clock()
+                            request,
+                            user_agent=user_agent,
+                            max_body_bytes=self._max_response_bytes,
+                            timeout=deadline - self._clock(),
                         )
             status = response.status_code
             return response

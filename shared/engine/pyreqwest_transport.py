@@ -103,10 +103,14 @@ class PyreqwestTransport(Transport):
     def __init__(self, policy: TransportPolicy, tls: TlsConfig) -> None:
         self._client = _client(policy, tls)
 
-    async def send(self, request: HttpRequest, *, max_body_bytes: int, timeout: float) -> HttpResponse:
+    async def send(
+        self, request: HttpRequest, *, user_agent: str | None, max_body_bytes: int, timeout: float
+    ) -> HttpResponse:
         builder = self._client.request(request.method, request.url).timeout(timedelta(seconds=timeout))
         if request.headers:
             builder.headers(request.headers)
+        if user_agent is not None:
+            builder.header("User-Agent", user_agent)
         if request.body:
             builder.body_bytes(request.body)
         with _map_pyreqwest_errors():

@@ -57,8 +57,14 @@ class Transport(ABC):
     """Sends one HTTP request and reads its response, body capped at ``max_body_bytes``."""
 
     @abstractmethod
-    async def send(self, request: HttpRequest, *, max_body_bytes: int, timeout: float) -> HttpResponse:
-        """The response to ``request`` within ``timeout`` seconds; raises an engine error on failure."""
+    async def send(
+        self, request: HttpRequest, *, user_agent: str | None, max_body_bytes: int, timeout: float
+    ) -> HttpResponse:
+        """The response to ``request`` within ``timeout`` seconds; raises an engine error on failure.
+
+        ``user_agent``, when given, goes out as the ``User-Agent`` header after the request's own
+        headers; the engine passes it only for requests that set none.
+        """
 
     @abstractmethod
     async def aclose(self) -> None:
@@ -83,7 +89,11 @@ class MockTransport(Transport):
     def __init__(self, handler: Callable[[HttpRequest], Awaitable[HttpResponse]]) -> None:
         self._handler = handler
 
-    async def send(self, request: HttpRequest, *, max_body_bytes: int, timeout: float) -> HttpResponse:
+    async def send(
+        self, request: HttpRequest, *, user_agent: str | None, max_body_bytes: int, timeout: float
+    ) -> HttpResponse:
+        if user_agent is not None:
+            request = request.model_copy(update={"headers": [*request.headers, ("User-Agent", user_agent)]})
         response = await self._handler(request)
         if len(response.body) > max_body_bytes:
             raise ResponseTooLarge(f"body over {max_body_bytes} bytes")

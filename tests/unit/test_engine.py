@@ -70,6 +70,26 @@ async def test_a_later_deadline_does_not_stretch_the_task_timeout() -> None:
     assert result.elapsed < 5
 
 
+async def test_the_service_name_is_the_user_agent_unless_the_request_sets_one() -> None:
+    seen: list[HttpRequest] = []
+
+    async def record(request: HttpRequest) -> HttpResponse:
+        seen.append(request)
+        return HttpResponse(status_code=200)
+
+    engine = Engine(transport=factory(record))
+    plain = Task(service_name="svc", request=HttpRequest(url="http://127.0.0.1/", headers=[("A", "1")]))
+    own = Task(service_name="svc", request=HttpRequest(url="http://127.0.0.1/", headers=[("user-agent", "mine/1")]))
+
+    await engine.run(plain)
+    await engine.run(own)
+
+    assert seen[0].headers == [("A", "1"), ("User-Agent", "svc")]
+    assert seen[1].headers == [("user-agent", "mine/1")]
+    # The caller's task is left as it was.
+    assert plain.request.headers == [("A", "1")]
+
+
 def test_allowlist_matches_networks_names_and_wildcards() -> None:
     allow = TargetAllowlist(["10.0.0.0/8", "::1", "bmc.local", "*.fleet.test"])
 
