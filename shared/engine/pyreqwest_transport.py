@@ -100,6 +100,10 @@ def _client(policy: TransportPolicy, tls: TlsConfig) -> Client:
 class PyreqwestTransport(Transport):
     """A transport on one ``pyreqwest`` client (one connection pool)."""
 
+    # reqwest's per-request timeout runs from the connect, or the wait for a pooled connection,
+    # to the end of the body, and pyreqwest raises it as a RequestTimeoutError, mapped to TaskTimeout.
+    enforces_timeout = True
+
     def __init__(self, policy: TransportPolicy, tls: TlsConfig) -> None:
         self._client = _client(policy, tls)
 

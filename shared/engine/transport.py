@@ -3,8 +3,8 @@
 A transport owns one connection pool configured from a ``TransportPolicy`` and a ``TlsConfig``.
 It raises only the engine's errors (``ConnectFailed``, ``TlsFailed``, ``TaskTimeout``,
 ``ResponseTooLarge``, ``InternalError``); each implementation maps its library's exceptions in
-one place. The engine passes each attempt the task's remaining time as ``timeout`` and also cancels
-``send`` when that time is up, so a transport whose library can't be cancelled still stops.
+one place. The engine passes each attempt the task's remaining time as ``timeout``. Unless the
+transport says it ``enforces_timeout``, the engine also cancels ``send`` when that time is up.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
 
 from shared.errors import ResponseTooLarge
 from shared.models import HttpRequest, HttpResponse, TransportPolicy
@@ -55,6 +55,10 @@ class TlsConfig:
 
 class Transport(ABC):
     """Sends one HTTP request and reads its response, body capped at ``max_body_bytes``."""
+
+    #: True when ``send`` itself ends, with ``TaskTimeout``, once ``timeout`` has passed: connect,
+    #: headers and body included. The engine then arms no timer of its own for the attempt.
+    enforces_timeout: ClassVar[bool] = False
 
     @abstractmethod
     async def send(
