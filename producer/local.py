@@ -38,17 +38,18 @@ class LocalBackend(Backend):
         self._workers[batch.id] = workers
 
     async def _work(self, batch: Batch, queue: deque[Task]) -> None:
-        engine, slots, deliver = self._engine, self._slots, batch.deliver
+        engine, slots, deliver, launched_at = self._engine, self._slots, batch.deliver, batch.launched_at
         while queue:
             task = queue.popleft()
-            # The deadline counts from launch, as in remote mode, where queue time counts too.
-            deadline = batch.launched_at + task.timeout
-            async with slots:
-                try:
-                    result = await engine.run(task, deadline=deadline)
-                except Exception:
-                    log.exception("engine failed on task %s", task.id)
-                    result = TaskResult(task_id=task.id, error=TaskError.of(ErrorCode.INTERNAL))
+            await slots.acquire()
+            try:
+                # The deadline counts from launch, as in remote mode, where queue time counts too.
+                result = await engine.run(task, deadline=launched_at + task.timeout)
+            except Exception:
+                log.exception("engine failed on task %s", task.id)
+                result = TaskResult(task_id=task.id, error=TaskError.of(ErrorCode.INTERNAL))
+            finally:
+                slots.release()
             deliver(result)
 
     async def cancel(self, batch: Batch) -> None:
