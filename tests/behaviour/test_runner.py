@@ -160,6 +160,8 @@ def test_create_task_list_makes_deep_copies_with_fresh_ids() -> None:
     assert source.request.headers == [("A", "1")]
     assert all(t.request.body == b"payload" for t in tasks)
     assert tasks[0].request is not tasks[1].request
+    # The policy is frozen, so the copies may share it.
+    assert all(t.policy == source.policy for t in tasks)
 
 
 def test_create_task_list_rejects_a_negative_count_and_a_non_task() -> None:
