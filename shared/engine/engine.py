@@ -82,6 +82,7 @@ class Engine:
         self._max_response_bytes = max_response_bytes
         self._allowlist = allowlist or TargetAllowlist()
         self._transports: dict[tuple[TransportPolicy, TlsConfig], Transport] = {}
+        self._last_transport: tuple[TransportPolicy, TlsConfig, Transport] | None = None
         self._host_limits: dict[tuple[TransportPolicy, str], asyncio.Semaphore] = {}
         self._clock: Callable[[], float] = time.monotonic
 
@@ -199,10 +200,16 @@ class Engine:
                 )
 
     def _transport_for(self, policy: TransportPolicy) -> Transport:
+        # Most tasks carry the very same policy object (the shared default, or one template's),
+        # so try that before hashing the policy model, which pydantic does field by field in Python.
+        last = self._last_transport
+        if (last is not None) and (last[0] is policy) and (last[1] is self._tls):
+            return last[2]
         key = (policy, self._tls)
         transport = self._transports.get(key)
         if transport is None:
             transport = self._transports[key] = self._factory(policy, self._tls)
+        self._last_transport = (policy, self._tls, transport)
         return transport
 
     def _host_limit(self, policy: TransportPolicy, url: str) -> asyncio.Semaphore | None:
@@ -217,5 +224,6 @@ class Engine:
     async def aclose(self) -> None:
         """Close every pool."""
         transports, self._transports = list(self._transports.values()), {}
+        self._last_transport = None
         self._host_limits.clear()
         await asyncio.gather(*(t.aclose() for t in transports), return_exceptions=True)
