@@ -56,7 +56,10 @@ def _duration_histogram(method: str, status_class: str) -> Histogram:
 
 def _default_user_agent(task: Task) -> str | None:
     """The User-Agent the transport adds: the service name, unless the request sets its own."""
-    return None if task.request.header("user-agent") is not None else task.service_name
+    for name, _ in task.request.headers:
+        if name.lower() == "user-agent":
+            return None
+    return task.service_name
 
 
 def _error(task: Task, code: ErrorCode, attempts: int, started: float, status: int | None = None) -> TaskResult:
