@@ -142,6 +142,18 @@ async def test_two_batches_share_the_runner_in_flight_limit(make_runner: RunnerF
     assert target.peak(k) == 3
 
 
+async def test_a_later_batch_gets_a_turn_before_an_earlier_one_drains(
+    make_runner: RunnerFactory, target: HttpTarget
+) -> None:
+    async with make_runner(max_inflight=2) as runner:
+        long = await runner.launch(runner.create_task_list(template(f"{target.http}/sleep?s=1"), 6))
+        short = await runner.launch([template(f"{target.http}/ok")])
+
+        await short.wait()
+        assert long.running
+        await long.wait()
+
+
 def test_create_task_list_makes_deep_copies_with_fresh_ids() -> None:
     runner = TaskRunner(service_name="Fleet_Inventory")
     source = Task(
