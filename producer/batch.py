@@ -64,10 +64,11 @@ class Batch:
 
     def deliver(self, result: TaskResult) -> bool:
         """Record ``result``; ``False`` when its task already has one or isn't in the batch."""
-        if result.task_id not in self._pending:
+        try:
+            self._pending.remove(result.task_id)
+        except KeyError:
             self.duplicates += 1
             return False
-        self._pending.remove(result.task_id)
         self._completed.append(result)
         self._wakeup.set()
         if not self._pending:

@@ -48,10 +48,10 @@ def transport_factory(name: str) -> TransportFactory:
 
 
 @functools.cache
-def _duration_histogram(method: str, status_class: str) -> Histogram:
+def _duration_histogram(method: str, status: int | None) -> Histogram:
     # prometheus-client's labels() builds and checks the label tuple under a lock on every call;
-    # the labelled child never changes, so look it up once per label pair.
-    return HTTP_REQUEST_DURATION.labels(method, status_class)
+    # the labelled child never changes, so look it up once per method and status code.
+    return HTTP_REQUEST_DURATION.labels(method, status_class(status))
 
 
 def _default_user_agent(task: Task) -> str | None:
@@ -175,7 +175,7 @@ class Engine:
             log.exception("unexpected error in transport %s", type(transport).__name__)
             return InternalError(type(exc).__name__)
         finally:
-            _duration_histogram(request.method, status_class(status)).observe(self._clock() - sent)
+            _duration_histogram(request.method, status).observe(self._clock() - sent)
 
     async def _send_timed(
         self,
