@@ -203,8 +203,8 @@ class Engine:
                 )
 
     def _transport_for(self, policy: TransportPolicy) -> Transport:
-        # Most tasks carry the very same policy object (the shared default, or one template's),
-        # so try that before hashing the policy model, which pydantic does field by field in Python.
+        # Most tasks carry the very same policy object (the shared default, or one template's), so
+        # try that before hashing the policy model, which pydantic does in a Python-level function.
         last = self._last_transport
         if (last is not None) and (last[0] is policy) and (last[1] is self._tls):
             return last[2]
