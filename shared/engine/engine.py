@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from prometheus_client import Histogram
@@ -60,6 +60,17 @@ def _default_user_agent(task: Task) -> str | None:
         if name.lower() == "user-agent":
             return None
     return task.service_name
+
+
+def _failure(exc: Exception, transport: Transport) -> TaskFailed | None:
+    """What an exception from an attempt means: ``None`` when the deadline cut it, else an engine error."""
+    if isinstance(exc, TimeoutError):
+        return None
+    if isinstance(exc, TaskFailed):
+        log.debug("attempt failed: %s", exc, exc_info=exc.__cause__)
+        return exc
+    log.error("unexpected error in transport %s", type(transport).__name__, exc_info=exc)
+    return InternalError(type(exc).__name__)
 
 
 def _error(task: Task, code: ErrorCode, attempts: int, started: float, status: int | None = None) -> TaskResult:
@@ -120,7 +131,18 @@ class Engine:
             if self._clock() >= deadline:
                 return _error(task, ErrorCode.TIMEOUT, attempt, started)
             attempt += 1
-            outcome = await self._attempt(transport, request, user_agent, task.policy.transport, deadline)
+            # The attempt is awaited right here, not in a coroutine of its own: at 16,000 requests in
+            # flight every object a request holds is promoted to the old GC generation, and each one
+            # brings the next full collection nearer.
+            sent = self._clock()
+            outcome: HttpResponse | TaskFailed | None = None
+            try:
+                outcome = await self._send(transport, request, user_agent, task.policy.transport, deadline)
+            except Exception as exc:
+                outcome = _failure(exc, transport)
+            finally:
+                status = outcome.status_code if isinstance(outcome, HttpResponse) else None
+                _duration_histogram(request.method, status).observe(self._clock() - sent)
             if outcome is None:
                 return _error(task, ErrorCode.TIMEOUT, attempt, started)
             verdict = outcome.status_code if isinstance(outcome, HttpResponse) else outcome
@@ -143,39 +165,25 @@ class Engine:
             return _error(task, ErrorCode.RETRIES_EXHAUSTED, attempts, started, outcome.status_code)
         return TaskResult(task_id=task.id, response=outcome, attempts=attempts, elapsed=elapsed)
 
-    async def _attempt(
+    def _send(
         self,
         transport: Transport,
         request: HttpRequest,
         user_agent: str | None,
         policy: TransportPolicy,
         deadline: float,
-    ) -> HttpResponse | TaskFailed | None:
-        """One attempt's outcome: a response, an engine error, or ``None`` when the deadline cut it."""
+    ) -> Awaitable[HttpResponse]:
+        """One attempt: the transport's own ``send`` when it times itself, else one under an asyncio timer."""
         limit = self._host_limit(policy, request.url)
-        sent = self._clock()
-        status: int | None = None
-        try:
-            if (limit is None) and transport.enforces_timeout:
-                # The transport gives up at ``timeout`` on its own, so no asyncio timer is armed
-                # (one costs several microseconds per attempt on uvloop).
-                response = await transport.send(
-                    request, user_agent=user_agent, max_body_bytes=self._max_response_bytes, timeout=deadline - sent
-                )
-            else:
-                response = await self._send_timed(transport, request, user_agent, limit, deadline)
-            status = response.status_code
-            return response
-        except TimeoutError:
-            return None
-        except TaskFailed as exc:
-            log.debug("attempt failed: %s", exc, exc_info=exc.__cause__)
-            return exc
-        except Exception as exc:
-            log.exception("unexpected error in transport %s", type(transport).__name__)
-            return InternalError(type(exc).__name__)
-        finally:
-            _duration_histogram(request.method, status).observe(self._clock() - sent)
+        if (limit is None) and transport.enforces_timeout:
+            # No asyncio timer is armed then: one costs several microseconds per attempt on uvloop.
+            return transport.send(
+                request,
+                user_agent=user_agent,
+                max_body_bytes=self._max_response_bytes,
+                timeout=deadline - self._clock(),
+            )
+        return self._send_timed(transport, request, user_agent, limit, deadline)
 
     async def _send_timed(
         self,
