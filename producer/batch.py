@@ -34,7 +34,10 @@ class Batch:
         self.launched_at = time.monotonic()
         self._pending: set[uuid.UUID] = {t.id for t in self.tasks}
         self._completed: list[TaskResult] = []
+        #: Set when a result arrives; the iterators clear it before they wait again.
         self._wakeup = asyncio.Event()
+        #: Set once the last result is in or the batch is closed: all ``wait`` waits for.
+        self._settled = asyncio.Event()
         self._closed = False
         self.duplicates = 0
 
@@ -61,12 +64,15 @@ class Batch:
 
     def deliver(self, result: TaskResult) -> bool:
         """Record ``result``; ``False`` when its task already has one or isn't in the batch."""
-        if result.task_id not in self._pending:
+        try:
+            self._pending.remove(result.task_id)
+        except KeyError:
             self.duplicates += 1
             return False
-        self._pending.discard(result.task_id)
         self._completed.append(result)
         self._wakeup.set()
+        if not self._pending:
+            self._settled.set()
         return True
 
     def fail_pending(self, code: ErrorCode) -> int:
@@ -81,6 +87,7 @@ class Batch:
     def close(self) -> None:
         self._closed = True
         self._wakeup.set()
+        self._settled.set()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -101,7 +108,12 @@ class Batch:
 
     async def wait(self) -> list[TaskResult]:
         """Every result, once all are in, in completion order."""
-        return [result async for result in self]
+        # One wakeup for the whole batch, where iterating would wake once per result or so.
+        self._check_open()
+        if self._pending:
+            await self._settled.wait()
+            self._check_open()
+        return list(self._completed)
 
     def __len__(self) -> int:
         return len(self.tasks)

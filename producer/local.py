@@ -2,7 +2,8 @@
 
 Each batch gets a pool of worker coroutines, never more than the runner's in-flight limit, that
 pull tasks in order. A fixed pool, rather than one asyncio task per task, keeps memory flat for
-batches of 100,000 tasks. The in-flight limit is shared by every batch of the runner.
+batches of 100,000 tasks. The in-flight limit is shared by every batch of the runner: a worker
+runs tasks only while it holds one of the runner's slots.
 """
 
 from __future__ import annotations
@@ -22,13 +23,58 @@ __all__ = ["LocalBackend"]
 log = logging.getLogger(__name__)
 
 
+class InflightSlots:
+    """The runner's in-flight limit: ``limit`` slots, handed out first come first served.
+
+    A worker keeps its slot from one task to the next while nobody waits for one (``wanted`` is
+    false), so a batch running alone pays no semaphore round per task. Once another worker waits,
+    the holder hands its slot over after its current task and queues for the next free one, so the
+    batches of a runner take turns as they would on a semaphore taken per task.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def wanted(self) -> bool:
+        """Whether some worker is waiting for a slot."""
+        return bool(self._waiters)
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in line behind the workers already waiting."""
+        if self._free and not self._waiters:
+            self._free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # The slot was handed over just as this wait was cancelled: pass it on.
+                self.release()
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back, straight to the longest-waiting worker if there is one."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
 class LocalBackend(Backend):
     """Runs batches on an in-process ``Engine``."""
 
     def __init__(self, engine: Engine, *, max_inflight: int) -> None:
         self._engine = engine
         self._max_inflight = max_inflight
-        self._slots = asyncio.Semaphore(max_inflight)
+        self._slots = InflightSlots(max_inflight)
         self._workers: dict[str, list[asyncio.Task[None]]] = {}
 
     async def start(self, batch: Batch) -> None:
@@ -38,18 +84,28 @@ class LocalBackend(Backend):
         self._workers[batch.id] = workers
 
     async def _work(self, batch: Batch, queue: deque[Task]) -> None:
-        engine, slots, deliver = self._engine, self._slots, batch.deliver
-        while queue:
-            task = queue.popleft()
-            # The deadline counts from launch, as in remote mode, where queue time counts too.
-            deadline = batch.launched_at + task.timeout
-            async with slots:
+        engine, slots, deliver, launched_at = self._engine, self._slots, batch.deliver, batch.launched_at
+        await slots.acquire()
+        holding = True
+        try:
+            while queue:
+                task = queue.popleft()
                 try:
-                    result = await engine.run(task, deadline=deadline)
+                    # The deadline counts from launch, as in remote mode, where queue time counts too.
+                    result = await engine.run(task, deadline=launched_at + task.timeout)
                 except Exception:
                     log.exception("engine failed on task %s", task.id)
                     result = TaskResult(task_id=task.id, error=TaskError.of(ErrorCode.INTERNAL))
-            deliver(result)
+                deliver(result)
+                if slots.wanted and queue:
+                    # Another batch's worker waits: take turns, as a slot per task would.
+                    holding = False
+                    slots.release()
+                    await slots.acquire()
+                    holding = True
+        finally:
+            if holding:
+                slots.release()
 
     async def cancel(self, batch: Batch) -> None:
         workers = self._workers.pop(batch.id, [])

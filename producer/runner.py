@@ -146,8 +146,10 @@ class TaskRunner:
             raise UsageError(f"source must be a Task, got {type(source).__name__}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise UsageError(f"n must be a non-negative integer, got {n!r}")
-        # Validating from a plain dump builds new headers lists and models for every copy.
-        template = source.model_dump(exclude={"id"})
+        # Validating from a plain dump builds new headers lists and models for every copy. The policy
+        # is frozen, so the copies can share it rather than each build three models of their own.
+        template = source.model_dump(exclude={"id", "policy"})
+        template["policy"] = source.policy
         template["service_name"] = self.service_name
         return [Task.model_validate(template) for _ in range(n)]
 

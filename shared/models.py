@@ -172,8 +172,10 @@ class ClientPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    transport: TransportPolicy = Field(default_factory=TransportPolicy)
+    # The policies are frozen, so every default can be the one shared instance: a task that sets no
+    # policy then costs no policy models of its own (there are often 100,000 tasks in memory).
+    retry: RetryPolicy = RetryPolicy()
+    transport: TransportPolicy = TransportPolicy()
 
 
 class Task(BaseModel):
@@ -189,7 +191,7 @@ class Task(BaseModel):
     service_name: ServiceName
     request: HttpRequest
     timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=86_400)
-    policy: ClientPolicy = Field(default_factory=ClientPolicy)
+    policy: ClientPolicy = ClientPolicy()
     ignore: bool = False
 
 

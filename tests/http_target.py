@@ -9,6 +9,8 @@ Routes:
     /retry-after?key=K&after=S&times=N   429 with ``Retry-After: S`` for the first N hits, then 200
     /sleep?s=S               sleeps S seconds, then 200; counts open and finished requests
     /bytes?n=N               a body of N bytes
+    /chunked?n=N             a chunked body (no Content-Length) of N bytes, sent in 64 KiB chunks
+    /drip?s=S                headers and the first byte of the body at once, the last byte S seconds later
     /echo                    JSON of the method, headers (as a list) and body (base64)
     /cookies                 two Set-Cookie headers
     /hits/{key}              how many times key K was hit, as text
@@ -92,6 +94,27 @@ def _app(state: TargetState) -> web.Application:
     async def many_bytes(request: web.Request) -> web.Response:
         return web.Response(body=b"x" * int(request.query["n"]))
 
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        remaining = int(request.query["n"])
+        chunk = b"x" * 65536
+        while remaining > 0:
+            await response.write(chunk[:remaining])
+            remaining -= len(chunk)
+        await response.write_eof()
+        return response
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "2"})
+        await response.prepare(request)
+        await response.write(b"a")
+        await asyncio.sleep(float(request.query.get("s", "1")))
+        await response.write(b"b")
+        await response.write_eof()
+        return response
+
     async def echo(request: web.Request) -> web.Response:
         body = await request.read()
         payload = {
@@ -126,6 +149,8 @@ def _app(state: TargetState) -> web.Application:
     app.router.add_route("*", "/retry-after", retry_after)
     app.router.add_route("*", "/sleep", sleep)
     app.router.add_route("*", "/bytes", many_bytes)
+    app.router.add_route("*", "/chunked", chunked)
+    app.router.add_route("*", "/drip", drip)
     app.router.add_route("*", "/echo", echo)
     app.router.add_route("*", "/cookies", cookies)
     app.router.add_get("/hits/{key}", hits)

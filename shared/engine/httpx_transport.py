@@ -63,8 +63,12 @@ class HttpxTransport(Transport):
         del self._client.headers["User-Agent"]
         self._keep_alive = policy.keep_alive
 
-    async def send(self, request: HttpRequest, *, max_body_bytes: int, timeout: float) -> HttpResponse:
+    async def send(
+        self, request: HttpRequest, *, user_agent: str | None, max_body_bytes: int, timeout: float
+    ) -> HttpResponse:
         headers = list(request.headers)
+        if user_agent is not None:
+            headers.append(("User-Agent", user_agent))
         if not self._keep_alive:
             headers.append(("Connection", "close"))
         with _map_httpx_errors():

@@ -3,8 +3,8 @@
 A transport owns one connection pool configured from a ``TransportPolicy`` and a ``TlsConfig``.
 It raises only the engine's errors (``ConnectFailed``, ``TlsFailed``, ``TaskTimeout``,
 ``ResponseTooLarge``, ``InternalError``); each implementation maps its library's exceptions in
-one place. The engine passes each attempt the task's remaining time as ``timeout`` and also cancels
-``send`` when that time is up, so a transport whose library can't be cancelled still stops.
+one place. The engine passes each attempt the task's remaining time as ``timeout``. Unless the
+transport says it ``enforces_timeout``, the engine also cancels ``send`` when that time is up.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
 
 from shared.errors import ResponseTooLarge
 from shared.models import HttpRequest, HttpResponse, TransportPolicy
@@ -56,9 +56,19 @@ class TlsConfig:
 class Transport(ABC):
     """Sends one HTTP request and reads its response, body capped at ``max_body_bytes``."""
 
+    #: True when ``send`` itself ends, with ``TaskTimeout``, once ``timeout`` has passed: connect,
+    #: headers and body included. The engine then arms no timer of its own for the attempt.
+    enforces_timeout: ClassVar[bool] = False
+
     @abstractmethod
-    async def send(self, request: HttpRequest, *, max_body_bytes: int, timeout: float) -> HttpResponse:
-        """The response to ``request`` within ``timeout`` seconds; raises an engine error on failure."""
+    async def send(
+        self, request: HttpRequest, *, user_agent: str | None, max_body_bytes: int, timeout: float
+    ) -> HttpResponse:
+        """The response to ``request`` within ``timeout`` seconds; raises an engine error on failure.
+
+        ``user_agent``, when given, goes out as the ``User-Agent`` header after the request's own
+        headers; the engine passes it only for requests that set none.
+        """
 
     @abstractmethod
     async def aclose(self) -> None:
@@ -83,7 +93,11 @@ class MockTransport(Transport):
     def __init__(self, handler: Callable[[HttpRequest], Awaitable[HttpResponse]]) -> None:
         self._handler = handler
 
-    async def send(self, request: HttpRequest, *, max_body_bytes: int, timeout: float) -> HttpResponse:
+    async def send(
+        self, request: HttpRequest, *, user_agent: str | None, max_body_bytes: int, timeout: float
+    ) -> HttpResponse:
+        if user_agent is not None:
+            request = request.model_copy(update={"headers": [*request.headers, ("User-Agent", user_agent)]})
         response = await self._handler(request)
         if len(response.body) > max_body_bytes:
             raise ResponseTooLarge(f"body over {max_body_bytes} bytes")

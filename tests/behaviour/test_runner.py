@@ -145,6 +145,18 @@ async def test_two_batches_share_the_runner_in_flight_limit(make_runner: RunnerF
     assert target.peak(k) == 3
 
 
+async def test_a_later_batch_gets_a_turn_before_an_earlier_one_drains(
+    make_runner: RunnerFactory, target: HttpTarget
+) -> None:
+    async with make_runner(max_inflight=2) as runner:
+        long = await runner.launch(runner.create_task_list(template(f"{target.http}/sleep?s=1"), 6))
+        short = await runner.launch([template(f"{target.http}/ok")])
+
+        await short.wait()
+        assert long.running
+        await long.wait()
+
+
 def test_create_task_list_makes_deep_copies_with_fresh_ids() -> None:
     runner = TaskRunner(service_name="Fleet_Inventory")
     source = Task(
@@ -163,6 +175,8 @@ def test_create_task_list_makes_deep_copies_with_fresh_ids() -> None:
     assert source.request.headers == [("A", "1")]
     assert all(t.request.body == b"payload" for t in tasks)
     assert tasks[0].request is not tasks[1].request
+    # The policy is frozen, so the copies may share it.
+    assert all(t.policy == source.policy for t in tasks)
 
 
 def test_create_task_list_rejects_a_negative_count_and_a_non_task() -> None:

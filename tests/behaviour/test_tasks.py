@@ -200,6 +200,13 @@ async def test_slow_target_times_out_at_the_deadline(make_runner: RunnerFactory,
     assert result.error.message == "the task's deadline passed before a response arrived"
 
 
+async def test_a_body_still_arriving_at_the_deadline_times_out(make_runner: RunnerFactory, target: HttpTarget) -> None:
+    result = await run_one(make_runner, task(f"{target.http}/drip?s=5", timeout=0.5))
+
+    assert result.error is not None
+    assert result.error.code is ErrorCode.TIMEOUT
+
+
 async def test_connection_refused_is_connect_error(make_runner: RunnerFactory) -> None:
     result = await run_one(make_runner, task(f"http://127.0.0.1:{free_port()}/", retries=2))
 
@@ -286,6 +293,19 @@ async def test_oversize_body_is_response_too_large(make_runner: RunnerFactory, t
         assert result.error is not None
         assert result.error.code is ErrorCode.RESPONSE_TOO_LARGE
         assert result.error.message == "the response body exceeded the size limit"
+
+
+async def test_oversize_chunked_body_is_cut_while_it_is_read(make_runner: RunnerFactory, target: HttpTarget) -> None:
+    # No Content-Length to refuse up front, and 10 GB on the way: only a cap applied while reading
+    # ends this inside the timeout, and with response_too_large rather than timeout.
+    at_limit = await run_one(make_runner, task(f"{target.http}/chunked?n=1000"), max_response_bytes=1000)
+    endless = await run_one(
+        make_runner, task(f"{target.http}/chunked?n=10000000000", timeout=30), max_response_bytes=1000
+    )
+
+    assert at_limit.response is not None and at_limit.response.body == b"x" * 1000
+    assert endless.error is not None
+    assert endless.error.code is ErrorCode.RESPONSE_TOO_LARGE
 
 
 async def test_target_outside_the_allowlist_is_never_sent(make_runner: RunnerFactory, target: HttpTarget) -> None:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
+from prometheus_client import REGISTRY
 
 from shared.engine import Engine, MockTransport, TargetAllowlist, TlsConfig, TransportFactory
 from shared.errors import ErrorCode
@@ -69,6 +70,26 @@ async def test_a_later_deadline_does_not_stretch_the_task_timeout() -> None:
     assert result.elapsed < 5
 
 
+async def test_the_service_name_is_the_user_agent_unless_the_request_sets_one() -> None:
+    seen: list[HttpRequest] = []
+
+    async def record(request: HttpRequest) -> HttpResponse:
+        seen.append(request)
+        return HttpResponse(status_code=200)
+
+    engine = Engine(transport=factory(record))
+    plain = Task(service_name="svc", request=HttpRequest(url="http://127.0.0.1/", headers=[("A", "1")]))
+    own = Task(service_name="svc", request=HttpRequest(url="http://127.0.0.1/", headers=[("user-agent", "mine/1")]))
+
+    await engine.run(plain)
+    await engine.run(own)
+
+    assert seen[0].headers == [("A", "1"), ("User-Agent", "svc")]
+    assert seen[1].headers == [("user-agent", "mine/1")]
+    # The caller's task is left as it was.
+    assert plain.request.headers == [("A", "1")]
+
+
 def test_allowlist_matches_networks_names_and_wildcards() -> None:
     allow = TargetAllowlist(["10.0.0.0/8", "::1", "bmc.local", "*.fleet.test"])
 
@@ -85,3 +106,43 @@ def test_allowlist_matches_networks_names_and_wildcards() -> None:
 def test_tls_key_without_certificate_is_rejected() -> None:
     with pytest.raises(ValueError, match="client_key needs client_cert"):
         TlsConfig(client_key="key.pem")
+
+
+def _sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+async def test_each_attempt_is_timed_by_method_and_status_class() -> None:
+    statuses = iter([503, 204])
+
+    async def answer(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(status_code=next(statuses))
+
+    engine = Engine(transport=factory(answer))
+    policy = {"retry": {"retries": 1, "backoff_initial": 0.001, "backoff_max": 0.001}}
+    task = Task(service_name="svc", request=HttpRequest(method="PATCH", url="http://127.0.0.1/"), policy=policy)
+    count = "trs_http_request_duration_seconds_count"
+    before_5xx = _sample(count, {"method": "PATCH", "status_class": "5xx"})
+    before_2xx = _sample(count, {"method": "PATCH", "status_class": "2xx"})
+    retries_before = _sample("trs_http_retries_total")
+
+    result = await engine.run(task)
+
+    assert result.response is not None and result.response.status_code == 204
+    assert _sample(count, {"method": "PATCH", "status_class": "5xx"}) == before_5xx + 1
+    assert _sample(count, {"method": "PATCH", "status_class": "2xx"}) == before_2xx + 1
+    assert _sample("trs_http_retries_total") == retries_before + 1
+
+
+async def test_an_attempt_without_a_response_is_timed_as_error() -> None:
+    async def broken(request: HttpRequest) -> HttpResponse:
+        raise RuntimeError("boom")
+
+    engine = Engine(transport=factory(broken))
+    task = Task(service_name="svc", request=HttpRequest(method="OPTIONS", url="http://127.0.0.1/"))
+    labels = {"method": "OPTIONS", "status_class": "error"}
+    before = _sample("trs_http_request_duration_seconds_count", labels)
+
+    await engine.run(task)
+
+    assert _sample("trs_http_request_duration_seconds_count", labels) == before + 1
