@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
 from hypothesis import given, settings
 
-from shared.models import ResultEnvelope, TaskEnvelope
+from shared.engine import DEFAULT_MAX_RESPONSE_BYTES
+from shared.models import HttpResponse, ResultEnvelope, TaskEnvelope, TaskResult
+from shared.settings import KAFKA_MAX_MESSAGE_BYTES
 from shared.wire import (
     HEADER_BATCH_ID,
     HEADER_SCHEMA,
@@ -69,3 +73,13 @@ def test_binary_body_and_repeated_unicode_headers_survive() -> None:
 
     assert decoded.task.request.body == bytes(range(256))
     assert decoded.task.request.headers == [("X-Dup", "one"), ("X-Dup", "ünïcødé ✓"), ("set-cookie", "a=1")]
+
+
+def test_a_result_at_the_default_body_limit_fits_a_default_kafka_message() -> None:
+    headers = [(f"X-Header-{n}", "v" * 200) for n in range(40)]
+    response = HttpResponse(status_code=200, headers=headers, body=b"\xff" * DEFAULT_MAX_RESPONSE_BYTES)
+    result = TaskResult(task_id=uuid.uuid4(), response=response, attempts=4, elapsed=29.9)
+
+    value, _ = encode_result(ResultEnvelope(batch_id="6b07042e-6b07046a-1920d4874bd3", result=result, worker="w-1"))
+
+    assert len(value) < KAFKA_MAX_MESSAGE_BYTES
