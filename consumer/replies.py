@@ -52,12 +52,18 @@ class ReplyTopics:
         self._known: dict[str, tuple[bool, float]] = {}
         self._lookups: dict[str, asyncio.Future[bool]] = {}
 
-    async def exists(self, topic: str) -> bool:
+    def known(self, topic: str) -> bool | None:
+        """Whether ``topic`` exists, from a lookup recent enough to trust; ``None`` when there is none."""
         known = self._known.get(topic)
+        if known is None:
+            return None
+        exists, checked = known
+        return exists if self._clock() - checked < (EXISTS_TTL if exists else MISSING_TTL) else None
+
+    async def exists(self, topic: str) -> bool:
+        known = self.known(topic)
         if known is not None:
-            exists, checked = known
-            if self._clock() - checked < (EXISTS_TTL if exists else MISSING_TTL):
-                return exists
+            return known
         lookup = self._lookups.get(topic)
         if lookup is None:
             # One lookup per topic at a time, however many results wait on it.
@@ -124,12 +130,17 @@ class Replies:
     async def send_result(self, record: Record, batch_id: str, reply_topic: str, result: TaskResult) -> None:
         """Produce ``result`` to ``reply_topic``; the record is done once the broker has it."""
         acks = _Acks(self._tracker, record, 1)
-        if not await self._topics.exists(reply_topic):
+        # Nearly always known, so the lookup's coroutine is only made when it isn't.
+        exists = self._topics.known(reply_topic)
+        if exists is None:
+            exists = await self._topics.exists(reply_topic)
+        if not exists:
             self._drop(reply_topic)
             acks.done()
             return
         value, headers = self._encode(batch_id, result)
-        await self._produce(reply_topic, value, headers, str(result.task_id).encode(), acks)
+        if not self._try_produce(reply_topic, value, headers, str(result.task_id).encode(), acks):
+            await self._produce(reply_topic, value, headers, str(result.task_id).encode(), acks)
 
     async def dead_letter(self, record: Record, error: InvalidEnvelope) -> None:
         """Send a bad message to the dead-letter topic, and tell its client when that can be read."""
@@ -182,19 +193,30 @@ class Replies:
         key: bytes | str | None,
         acks: _Acks,
     ) -> None:
-        callback = partial(self._delivered, acks)
-        while True:
-            try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback)
-                return
-            except BufferError:
-                # The local queue is full; the worker serves delivery reports meanwhile.
-                await asyncio.sleep(QUEUE_FULL_BACKOFF)
-            except KafkaException as exc:
-                log.error("could not produce to %s: %s", topic, exc)
-                WORKER_PRODUCE_ERRORS.inc()
-                acks.done()
-                return
+        while not self._try_produce(topic, value, headers, key, acks):  # noqa: ASYNC110
+            # The local queue is full; the worker serves delivery reports meanwhile.
+            await asyncio.sleep(QUEUE_FULL_BACKOFF)
+
+    def _try_produce(
+        self,
+        topic: str,
+        value: bytes,
+        headers: list[tuple[str, str | bytes | None]],
+        key: bytes | str | None,
+        acks: _Acks,
+    ) -> bool:
+        """Hand one record to the producer; ``False`` when its local queue is full."""
+        try:
+            self._producer.produce(
+                topic, value=value, key=key, headers=headers, on_delivery=partial(self._delivered, acks)
+            )
+        except BufferError:
+            return False
+        except KafkaException as exc:
+            log.error("could not produce to %s: %s", topic, exc)
+            WORKER_PRODUCE_ERRORS.inc()
+            acks.done()
+        return True
 
     def _delivered(self, acks: _Acks, error: KafkaError | None, message: Message) -> None:
         if error is None:

@@ -6,10 +6,21 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from shared.errors import InvalidEnvelope
-from shared.models import HttpRequest, RetryPolicy, Task, TaskEnvelope, TaskError, TaskResult
+from shared.models import (
+    _PLAIN_HTTP_URL_RE,
+    HttpRequest,
+    RetryPolicy,
+    Task,
+    TaskEnvelope,
+    TaskError,
+    TaskResult,
+    url_problem,
+)
 from shared.wire import decode_task, encode_task, reply_topic, request_topic
 
 
@@ -139,3 +150,11 @@ def test_a_result_has_exactly_one_outcome() -> None:
 def test_header_with_newline_is_rejected() -> None:
     with pytest.raises(ValidationError, match="CR, LF or NUL"):
         HttpRequest(url="http://h/", headers=[("X-Evil", "a\r\nInjected: 1")])
+
+
+@given(
+    st.one_of(st.text(), st.text().map(lambda rest: f"http://{rest}"), st.text().map(lambda rest: f"HTTPS://{rest}"))
+)
+def test_the_fast_url_check_accepts_only_urls_the_full_check_accepts(url: str) -> None:
+    if _PLAIN_HTTP_URL_RE.match(url):
+        assert url_problem(url) is None
