@@ -15,7 +15,7 @@ Terms, used the same way everywhere in the worker:
   owner will run it again from the last commit.
 
 The tracker is shared by the fetcher thread (track, assign, revoke, commit) and the event loop and
-delivery callbacks (mark done), so every method takes one lock.
+delivery callbacks (mark done), so every method that changes or walks it takes one lock.
 """
 
 from __future__ import annotations
@@ -136,10 +136,13 @@ class OffsetTracker:
             return state.mark_done(offset)
 
     def is_current(self, key: TopicPartitionKey, epoch: int) -> bool:
-        """Whether ``epoch`` is still the partition's assignment (so its work still counts)."""
-        with self._lock:
-            state = self._partitions.get(key)
-            return (state is not None) and state.epoch == epoch
+        """Whether ``epoch`` is still the partition's assignment (so its work still counts).
+
+        Asked once per task, so without the lock: one dict read is atomic, and an answer that a
+        revoke makes stale a moment later costs only a run the next owner repeats anyway.
+        """
+        state = self._partitions.get(key)
+        return (state is not None) and state.epoch == epoch
 
     def commits_due(self) -> list[Commit]:
         """The partitions whose commit offset moved since it was last sent, and that offset."""

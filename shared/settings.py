@@ -119,11 +119,11 @@ class WorkerSettings(BaseSettings):
     #: How long a fetch may wait for data at the broker. Low, because a task waits for it.
     fetch_wait_max_ms: int = Field(default=10, ge=0, le=10_000)
     #: How long a result may wait to be sent with others. Each batch costs a wake-up of librdkafka's
-    #: thread and a produce request: at 5,000 results/s, 5 ms instead of 1 ms roughly halves the CPU
-    #: librdkafka and the broker spend per result, but adds up to 4 ms to every result of a quiet
-    #: worker. Measured here, 1 ms kept a one-task batch near 11 ms (5 ms: 15 ms) and cost the
-    #: drain rate of a busy worker less than the noise between runs, so latency wins by default.
-    linger_ms: int = Field(default=1, ge=0, le=1000)
+    #: thread and a produce request, so a longer wait saves CPU on a busy worker and adds latency on a
+    #: quiet one. Measured here (benchmarks/worker_throughput.py, remote_latency.py): 1 ms drained
+    #: about 9,900 tasks/s with a one-task batch at 10.2 ms; 3 ms drained about 10,800 tasks/s with
+    #: one-task batches still at 10.3-10.7 ms; 5 ms pushed one-task batches to about 15 ms under load.
+    linger_ms: int = Field(default=3, ge=0, le=1000)
     #: How often the topic list is refreshed, so a new service's request topic is picked up.
     metadata_refresh_ms: int = Field(default=30_000, ge=1000)
     #: Seconds between commits of finished offsets.

@@ -54,9 +54,9 @@ def test_a_bad_environment_variable_is_a_usage_error_too(monkeypatch: pytest.Mon
     assert "invalid setting: log_format: Input should be 'json' or 'text'" in result.output
 
 
-def test_the_reply_producer_lingers_one_ms_by_default_and_as_told() -> None:
+def test_the_reply_producer_lingers_three_ms_by_default_and_as_told() -> None:
     default = producer_config(KafkaSettings(), WorkerSettings())
-    chosen = producer_config(KafkaSettings(), _settings({"linger_ms": "5"}).worker)
+    chosen = producer_config(KafkaSettings(), _settings({"linger_ms": "1"}).worker)
 
-    assert default["linger.ms"] == 1
-    assert chosen["linger.ms"] == 5
+    assert default["linger.ms"] == 3
+    assert chosen["linger.ms"] == 1
