@@ -14,6 +14,9 @@ first one left behind; a fresh process also starts with a fresh HTTP runtime (py
 cold allocator and its own peak RSS. Within a process, each client first runs a warm-up pass (imports, code
 paths, connection pool), then a few measured rounds on the same runner or client; the figure is the median round.
 Warm matters most for httpx, whose pool takes a few seconds to settle (see ``HTTPX_WARMUP_SECONDS``).
+The speed of this machine drifts by a third over minutes (three busy threads share two cores: the event loop,
+pyreqwest's runtime thread and nginx), so a full run repeats the whole sequence of clients (``--repeat``) and a
+client's figure is the median over its processes: a slow spell then can't fall on one client only.
 TRS's task list is built before the clock starts (its cost is reported as ``trs_build_us_per_task``); the clock
 then covers ``launch`` until the last result is in, which is what a caller waits for. Building ends with a full
 garbage collection: CPython defers part of an allocation's cost to the next full collection, which comes once the
@@ -24,7 +27,7 @@ httpx manages well under a thousand requests per second here, so its runs use fe
 
     python -m benchmarks.local_throughput            # full run
     python -m benchmarks.local_throughput --quick    # under a minute
-    python -m benchmarks.local_throughput --runs trs_pyreqwest,bare_pyreqwest
+    python -m benchmarks.local_throughput --runs trs_pyreqwest,bare_pyreqwest --repeat 5
 
 The last line of stdout is one JSON object with the figures.
 """
@@ -88,6 +91,8 @@ class Round:
 
 @dataclass(frozen=True)
 class ChildReport:
+    """One measurement subprocess, or (from ``combine``) every process of one client."""
+
     run: str
     loop: str
     requests: int
@@ -260,6 +265,25 @@ def _spawn(run: str, base_url: str, plan: Plan, concurrency: int, *, use_uvloop:
     return ChildReport(**json.loads(lines[-1]))
 
 
+def combine(reports: list[ChildReport]) -> ChildReport:
+    """One client's processes as one report: the median of their figures, every round, every failure."""
+    first = reports[0]
+    return ChildReport(
+        run=first.run,
+        loop=first.loop,
+        requests=first.requests,
+        rounds_rps=[x for r in reports for x in r.rounds_rps],
+        rps=round(statistics.median(r.rps for r in reports), 1),
+        failed=sum(r.failed for r in reports),
+        build_us_per_task=(
+            None
+            if first.build_us_per_task is None
+            else round(statistics.median(r.build_us_per_task or 0.0 for r in reports), 2)
+        ),
+        peak_rss_mib=max(r.peak_rss_mib for r in reports),
+    )
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
@@ -298,6 +322,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests: finishes in under a minute")
     parser.add_argument("--concurrency", type=int, default=100, help="requests in flight, for every client")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {', '.join(RUNS)}")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="times the whole sequence of clients runs (default 3; 1 with --quick)"
+    )
     parser.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop everywhere")
     # Child mode: measure one client in this process and print its report; also handy under a profiler.
     parser.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)
@@ -330,13 +357,16 @@ def main() -> None:
     unknown = sorted(set(runs) - set(RUNS))
     if unknown:
         parser.error(f"unknown runs: {', '.join(unknown)}")
-    reports: dict[str, ChildReport] = {}
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    if repeat < 1:
+        parser.error("--repeat must be at least 1")
+    processes: dict[str, list[ChildReport]] = {run: [] for run in runs}
     started = time.perf_counter()
     with nginx_target() as bases:
-        for run in runs:
+        for run in runs * repeat:
             plan = slow if "httpx" in run else fast
             report = _spawn(run, bases[0], plan, args.concurrency, use_uvloop=use_uvloop)
-            reports[run] = report
+            processes[run].append(report)
             build = f", build {report.build_us_per_task} us/task" if report.build_us_per_task is not None else ""
             print(
                 f"{run:15s} {report.loop}: {report.rps:>9,.0f} req/s (median of {report.rounds_rps}), "
@@ -344,7 +374,9 @@ def main() -> None:
                 f"failed {report.failed}, peak RSS {report.peak_rss_mib:.0f} MiB{build}",
                 flush=True,
             )
+    reports = {run: combine(found) for run, found in processes.items()}
     summary = summarize(reports, concurrency=args.concurrency, fast=fast, slow=slow)
+    summary["repeat"] = repeat
     print(f"total {time.perf_counter() - started:.1f}s", flush=True)
     print(json.dumps(summary), flush=True)
     if summary["failed"]:
