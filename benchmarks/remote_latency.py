@@ -36,6 +36,7 @@ from benchmarks.nginx_target import loopback_addresses, nginx_target, spread_url
 from producer import HttpRequest, Task, TaskRunner
 from producer.dev_cluster import dev_cluster
 from producer.remote import PartitionKey
+from producer.shared_producer import close_shared_producers
 from producer.topics import TopicAdmin, TopicSpec
 from shared.settings import KafkaSettings
 
@@ -168,6 +169,8 @@ def main() -> None:
     ):
         print(f"nginx on {len(bases)} addresses, broker at {cluster.bootstrap_servers}, {WORKERS} workers", flush=True)
         timings = run_on_loop(lambda: _measure(cluster.bootstrap_servers, bases[0], bases, plan))
+        # The runners share the process's producers; close them while the broker is still up.
+        close_shared_producers()
     figures = summarize(timings, plan)
     for size in SIZES:
         print(

@@ -274,21 +274,25 @@ def _preload(bootstrap: str, setup: Setup, url: str, count: int) -> None:
         if error is not None:
             errors.append(error)
 
-    for _ in range(count):
-        task = template.model_copy(update={"id": uuid.uuid4()})
-        envelope = TaskEnvelope(batch_id=batch_id, reply_topic=setup.reply_topic, deadline=deadline, task=task)
-        value, headers = encode_task(envelope)
-        while True:
-            try:
-                producer.produce(
-                    setup.request_topic, value=value, key=str(task.id), headers=headers, on_delivery=delivered
-                )
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-    if producer.flush(60) != 0 or errors:
-        raise RuntimeError(f"preloading failed: {errors[:3]}")
+    try:
+        for _ in range(count):
+            task = template.model_copy(update={"id": uuid.uuid4()})
+            envelope = TaskEnvelope(batch_id=batch_id, reply_topic=setup.reply_topic, deadline=deadline, task=task)
+            value, headers = encode_task(envelope)
+            while True:
+                try:
+                    producer.produce(
+                        setup.request_topic, value=value, key=str(task.id), headers=headers, on_delivery=delivered
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            producer.poll(0)
+        if producer.flush(60) != 0 or errors:
+            raise RuntimeError(f"preloading failed: {errors[:3]}")
+    finally:
+        # Closed now, not at exit: a producer left open outlives the broker and logs its lost connection.
+        producer.close()
 
 
 class WorkerProcess:

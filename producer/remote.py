@@ -371,6 +371,8 @@ class RemoteBackend(Backend):
         if producer is not None:
             # Shared with other runners: delivered, not closed.
             await asyncio.to_thread(producer.flush, self._timeout)
+        # Destroying the handle waits for librdkafka's threads, so not on the event loop.
+        await asyncio.to_thread(self._admin.close)
 
 
 def _task_key(task: Task) -> str:

@@ -198,7 +198,12 @@ class TaskRunner:
         batch.close()
 
     async def alive(self, timeout: float = 5.0) -> bool:
-        """Whether this runner can run tasks (in remote mode: the broker answers within ``timeout``)."""
+        """Whether this runner can run tasks (in remote mode: the broker answers within ``timeout``).
+
+        A runner that has been cleaned up can't: ``False``, without asking the broker.
+        """
+        if self._state is RunnerState.CLOSED:
+            return False
         return await self._backend.alive(timeout)
 
     def set_security(

@@ -61,9 +61,23 @@ class TopicAdmin:
     def __init__(self, config: dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT) -> None:
         # Asking whether a topic exists must not create it, as a broker with topic
         # auto-creation on does for a client that allows it (librdkafka's default here).
-        self._admin = AdminClient({**config, "allow.auto.create.topics": False})
+        self._handle: AdminClient | None = AdminClient({**config, "allow.auto.create.topics": False})
         self._timeout = timeout
         self._servers = str(config.get("bootstrap.servers", ""))
+
+    @property
+    def _admin(self) -> AdminClient:
+        if self._handle is None:
+            raise RuntimeError(f"the topic admin for {self._servers} is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Drop the connections to the cluster; the admin can't be used afterwards.
+
+        librdkafka's admin handle has no close call: it is destroyed with its last reference, which
+        is this one. Left to the garbage collector, it would outlive its runner and keep reconnecting.
+        """
+        self._handle = None
 
     def topics(self) -> set[str]:
         """Every topic's name; raises ``BrokerUnavailable`` when the broker doesn't answer."""

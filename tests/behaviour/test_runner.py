@@ -225,6 +225,7 @@ def test_runner_rejects_bad_options() -> None:
 async def test_alive_in_local_mode() -> None:
     async with TaskRunner(service_name="svc") as runner:
         assert await runner.alive() is True
+    assert await runner.alive() is False
 
 
 @pytest.mark.parametrize("mode", ["local", "remote"])

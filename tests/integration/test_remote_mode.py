@@ -172,6 +172,15 @@ async def test_launch_to_a_service_without_a_request_topic_names_the_remedy(kafk
         assert await runner.alive() is True
         with pytest.raises(TopicMissing, match="create it with 'trs topics init --service nobody-home'"):
             await runner.launch([task("http://127.0.0.1/")])
+    assert await runner.alive() is False
+
+
+def test_a_closed_topic_admin_refuses_work(kafka_bootstrap: str) -> None:
+    admin = TopicAdmin({"bootstrap.servers": kafka_bootstrap})
+    assert admin.exists("trs-nobody-http-v1-send") is False
+    admin.close()
+    with pytest.raises(RuntimeError, match=f"the topic admin for {kafka_bootstrap} is closed"):
+        admin.exists("trs-nobody-http-v1-send")
 
 
 def test_local_only_options_are_refused_in_remote_mode() -> None:
