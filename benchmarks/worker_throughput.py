@@ -694,6 +694,7 @@ def main() -> None:
                 )
                 drains.setdefault(run, []).append(drain)
                 _print_drain(run, drain, args.concurrency)
+        admin.close()
     summary = summarize(drains, local, plan=plan, concurrency=args.concurrency)
     if args.keep_logs or summary["failed"] or summary["duplicates"]:
         print(f"worker logs in {log_dir}", flush=True)
