@@ -23,6 +23,7 @@ from producer.demo_target import demo_target
 from producer.dev_cluster import dev_cluster
 from producer.report import batch_progress, outcome_counts, summary_table
 from producer.runner import DEFAULT_MAX_INFLIGHT, Mode, TaskRunner
+from producer.shared_producer import close_shared_producers
 from producer.sync import event_loop_runner
 from producer.task_file import read_tasks
 from producer.topics import DEFAULT_REQUEST_PARTITIONS, TopicAdmin
@@ -219,7 +220,11 @@ def dev_demo(count: int, workers: int, max_inflight: int, output: TextIO | None)
         for n, task in enumerate(tasks, start=1):
             task.request.url = f"{fleet}/hosts/node-{n}/health"
         options = {"kafka": _kafka(cluster.bootstrap_servers), "max_inflight": max_inflight}
-        run_batch(tasks, mode="remote", service=service, output=output, options=options)
+        try:
+            run_batch(tasks, mode="remote", service=service, output=output, options=options)
+        finally:
+            # Closed while the broker is up: left to the exit, the producer would log the broker's stop as a failure.
+            close_shared_producers()
 
 
 class _Stopped(Exception):
