@@ -57,6 +57,10 @@ class Batch:
         """Ids of the tasks still waiting for a result."""
         return frozenset(self._pending)
 
+    def is_pending(self, task_id: uuid.UUID) -> bool:
+        """Whether task ``task_id`` still waits for its result; unlike ``pending``, copies nothing."""
+        return task_id in self._pending
+
     @property
     def results(self) -> list[TaskResult]:
         """The results so far, in completion order."""

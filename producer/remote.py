@@ -208,7 +208,7 @@ class RemoteBackend(Backend):
         while queue:
             await self._slots.acquire()
             task = queue.popleft()
-            if task.id not in batch.pending:
+            if not batch.is_pending(task.id):
                 self._slots.release()
                 continue
             deadline = state.deadline(task)
@@ -267,7 +267,7 @@ class RemoteBackend(Backend):
             delay = batch.launched_at + task.timeout + self._grace - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if task.id in batch.pending:
+            if batch.is_pending(task.id):
                 self._deliver(state, _error(task, ErrorCode.NO_RESULT))
 
     # Cancel, close, cleanup -------------------------------------------------------------------

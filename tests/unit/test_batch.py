@@ -65,3 +65,14 @@ async def test_iterating_yields_each_result_as_it_arrives() -> None:
 
 async def test_an_empty_batch_is_done_at_once() -> None:
     assert await Batch([]).wait() == []
+
+
+def test_a_task_is_pending_until_its_result_is_in() -> None:
+    a, b = tasks(2)
+    batch = Batch([a, b])
+
+    batch.deliver(ok(a))
+
+    assert not batch.is_pending(a.id)
+    assert batch.is_pending(b.id)
+    assert batch.pending == frozenset({b.id})
