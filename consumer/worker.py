@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -99,7 +100,6 @@ class Worker:
         self._backlog = Backlog(config.worker.max_inflight)
         self._cancels = CancelRegistry()
         self._counts: dict[str, int] = {}
-        self._completed: dict[str, Counter] = {}
         #: The runners busy with each batch's tasks, so a cancel order can cut them.
         self._running: dict[str, set[asyncio.Task[Any]]] = {}
 
@@ -306,11 +306,7 @@ class Worker:
 
     def _count(self, outcome: str) -> None:
         self._counts[outcome] = self._counts.get(outcome, 0) + 1
-        counter = self._completed.get(outcome)
-        if counter is None:
-            # labels() looks the child up under a lock on every call; the outcomes are few.
-            counter = self._completed[outcome] = WORKER_TASKS_COMPLETED.labels(outcome)
-        counter.inc()
+        _completed_counter(outcome).inc()
 
     # Shutdown ---------------------------------------------------------------------------------
 
@@ -335,6 +331,12 @@ class Worker:
         self._health.stop()
         counts = " ".join(f"{outcome}={n}" for outcome, n in sorted(self._counts.items()))
         log.info("worker %s stopped: %s", self.name, counts or "no tasks")
+
+
+@functools.cache
+def _completed_counter(outcome: str) -> Counter:
+    # labels() looks the child up under a lock on every call; the outcomes are few.
+    return WORKER_TASKS_COMPLETED.labels(outcome)
 
 
 def _monotonic_deadline(envelope: TaskEnvelope) -> float:
