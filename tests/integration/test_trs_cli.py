@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -26,12 +27,40 @@ from tests.worker_process import ROOT
 pytestmark = pytest.mark.integration
 
 
+def trs_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "producer", *args]
+
+
+def trs_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
 def trs(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "producer", *args]
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=environment, check=False
+        trs_command(*args),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=trs_env(**(env or {})),
+        check=False,
     )
+
+
+def start_trs(*args: str, stdout: int, stderr: int) -> subprocess.Popen[str]:
+    """``trs`` running in the background, its output read as text."""
+    return subprocess.Popen(trs_command(*args), cwd=ROOT, stdout=stdout, stderr=stderr, text=True, env=trs_env())
+
+
+def read_until(stream: IO[str] | None, marker: str, what: str) -> str:
+    """The lines of ``stream`` up to the one holding ``marker``; fails if ``what`` ended first."""
+    assert stream is not None
+    seen = ""
+    while marker not in seen:
+        line = stream.readline()
+        assert line, f"{what} ended before it was ready"
+        seen += line
+    return seen
 
 
 def write_tasks(path: Path, tasks: list[Task]) -> Path:
@@ -143,25 +172,13 @@ def test_make_run_demo_runs_a_remote_batch_and_stops_everything(tmp_path: Path) 
 
 
 def test_ctrl_c_during_the_demo_stops_everything(tmp_path: Path) -> None:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "producer", "dev", "demo", "--tasks", "1000000"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment,
-    )
-    assert demo.stderr is not None
-    started = ""
-    while "broker at" not in started:
-        line = demo.stderr.readline()
-        assert line, "the demo ended before it started its cluster"
-        started += line
+    demo = start_trs("dev", "demo", "--tasks", "1000000", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    started = read_until(demo.stderr, "broker at", "the demo")
     time.sleep(1.0)
 
     demo.send_signal(signal.SIGINT)
     code = demo.wait(90)
+    assert demo.stderr is not None
     rest = demo.stderr.read()
 
     assert code == 130
@@ -189,21 +206,10 @@ def _alive(pid: int) -> bool:
 
 
 def test_dev_up_serves_remote_batches_until_interrupted(target: HttpTarget) -> None:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cluster = subprocess.Popen(
-        [sys.executable, "-m", "producer", "dev", "up", "--workers", "1", "--service", "laptop"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=environment,
+    cluster = start_trs(
+        "dev", "up", "--workers", "1", "--service", "laptop", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
-    assert cluster.stdout is not None
-    printed = ""
-    while "export TRS_KAFKA_BOOTSTRAP_SERVERS=" not in printed:
-        line = cluster.stdout.readline()
-        assert line, "trs dev up ended before it was ready"
-        printed += line
+    printed = read_until(cluster.stdout, "export TRS_KAFKA_BOOTSTRAP_SERVERS=", "trs dev up")
     bootstrap = re.search(r"export TRS_KAFKA_BOOTSTRAP_SERVERS=(\S+)", printed).group(1)  # type: ignore[union-attr]
     worker_pid = int(re.search(r"worker pid (\d+)", printed).group(1))  # type: ignore[union-attr]
 
@@ -223,14 +229,13 @@ def test_run_draws_a_progress_bar_on_a_terminal(target: HttpTarget, tmp_path: Pa
     )
     output = tmp_path / "results.jsonl"
     leader, follower = pty.openpty()
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm", "COLUMNS": "100"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "producer", "run", str(source), "--output", str(output)],
+        trs_command("run", str(source), "--output", str(output)),
         cwd=ROOT,
         stdin=follower,
         stdout=follower,
         stderr=follower,
-        env=environment,
+        env=trs_env(TERM="xterm", COLUMNS="100"),
     )
     os.close(follower)
     shown = b""
