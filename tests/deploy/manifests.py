@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import AliasChoices
+
+from shared.settings import EngineSettings, KafkaSettings, WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -76,6 +79,19 @@ def worker_settings_data(resources: list[Resource]) -> dict[str, str]:
     (source,) = container["envFrom"]
     data: dict[str, str] = one(resources, "ConfigMap", source["configMapRef"]["name"])["data"]
     return data
+
+
+def worker_variables() -> set[str]:
+    """Every ``TRS_*`` variable of the worker's three settings classes, aliases included."""
+    names = set()
+    for settings in (KafkaSettings, EngineSettings, WorkerSettings):
+        prefix = settings.model_config.get("env_prefix", "")
+        for field, info in settings.model_fields.items():
+            if isinstance(info.validation_alias, AliasChoices):
+                names |= {c for c in info.validation_alias.choices if isinstance(c, str) and c.startswith("TRS_")}
+            else:
+                names.add(f"{prefix}{field.upper()}")
+    return names
 
 
 def _crd_documents() -> Iterator[Resource]:

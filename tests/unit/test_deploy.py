@@ -10,11 +10,9 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import AliasChoices
 
 from consumer.cli import _settings
 from consumer.worker import FLUSH_TIMEOUT, WorkerConfig
-from shared.settings import EngineSettings, KafkaSettings, WorkerSettings
 from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, REQUEST_TOPIC_PATTERN, reply_topic, request_topic
 from tests.deploy.manifests import (
     DEPLOY,
@@ -25,23 +23,11 @@ from tests.deploy.manifests import (
     one,
     worker_container,
     worker_settings_data,
+    worker_variables,
 )
 
 ALL = ["base", *OVERLAYS]
 WITH_OPERATORS = ["base", "prod", "scale-to-zero"]
-
-
-def _variables_the_worker_reads() -> set[str]:
-    """Every ``TRS_*`` variable of the worker's three settings classes, aliases included."""
-    names = set()
-    for settings in (KafkaSettings, EngineSettings, WorkerSettings):
-        prefix = settings.model_config.get("env_prefix", "")
-        for field, info in settings.model_fields.items():
-            if isinstance(info.validation_alias, AliasChoices):
-                names |= {c for c in info.validation_alias.choices if isinstance(c, str) and c.startswith("TRS_")}
-            else:
-                names.add(f"{prefix}{field.upper()}")
-    return names
 
 
 def _pod_specs(resources: list[Resource]) -> list[Resource]:
@@ -86,7 +72,7 @@ def _service_of(request_topic_name: str) -> str:
 @pytest.mark.parametrize("overlay", ALL)
 def test_every_setting_in_the_manifests_is_a_variable_the_worker_reads(overlay: str) -> None:
     resources = build(overlay)
-    known = _variables_the_worker_reads()
+    known = worker_variables()
 
     used = set(worker_settings_data(resources)) | {e["name"] for e in worker_container(resources).get("env", [])}
 
@@ -95,7 +81,7 @@ def test_every_setting_in_the_manifests_is_a_variable_the_worker_reads(overlay: 
 
 
 def test_a_misspelt_variable_is_caught() -> None:
-    known = _variables_the_worker_reads()
+    known = worker_variables()
 
     assert "TRS_WORKER_GRACE_PERIOD" in known
     assert "TRS_WORKER_GRACE_PERIOD_SECONDS" not in known
