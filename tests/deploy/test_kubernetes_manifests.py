@@ -4,13 +4,15 @@ the Prometheus Operator (vendored in tests/data/crds)."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import subprocess
 from pathlib import Path
 
 import jsonschema
 import pytest
 
-from tests.deploy.manifests import KUBERNETES, OVERLAYS, build, build_text, crd_schema, one, venv_tool
+from tests.deploy.manifests import CRDS, KUBERNETES, OVERLAYS, build, build_text, crd_schema, one, venv_tool
 
 #: The oldest Kubernetes the manifests support (the README says so) and the newest the validator knows.
 KUBERNETES_VERSIONS = ["1.31", "1.37"]
@@ -122,3 +124,13 @@ def test_the_example_secret_passes_strict_validation_and_is_in_no_overlay() -> N
     assert "passed for resource secret/trs-worker" in completed.stdout
     for overlay in ["base", *OVERLAYS]:
         assert not [r for r in build(overlay) if r["kind"] == "Secret"], overlay
+
+
+def test_the_vendored_crds_are_the_files_their_readme_names() -> None:
+    readme = (CRDS / "README.md").read_text()
+    pattern = r"^\| `([^`]+)` \| (\S+) \| (\S+) \| ([0-9a-f]{40}) \| `([^`]+)` \| ([0-9a-f]{64}) \|$"
+    rows = re.findall(pattern, readme, re.MULTILINE)
+
+    assert {row[0] for row in rows} == {path.name for path in CRDS.glob("*.yaml")}
+    for name, _repository, _tag, _commit, _path, sha256 in rows:
+        assert hashlib.sha256((CRDS / name).read_bytes()).hexdigest() == sha256, name
