@@ -50,9 +50,15 @@ def build_text(overlay: str) -> str:
     return _build(directory)
 
 
+@functools.cache
+def _parsed(overlay: str) -> list[Resource]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return [doc for doc in yaml.load_all(build_text(overlay), Loader=loader) if doc]
+
+
 def build(overlay: str) -> list[Resource]:
     """The resources of an overlay, parsed; each test gets its own copy."""
-    return [doc for doc in yaml.safe_load_all(build_text(overlay)) if doc]
+    return copy.deepcopy(_parsed(overlay))
 
 
 def one(resources: list[Resource], kind: str, name: str | None = None) -> Resource:
