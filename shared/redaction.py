@@ -5,14 +5,27 @@ messages pass what they show of a task through these functions first. A header i
 when its name holds one of the words in ``SECRET_HEADER_WORDS`` (``Authorization``, ``Cookie``,
 ``Set-Cookie``, ``X-API-Key``, ``X-Auth-Token`` ...); a URL's user info is its password, or the
 whole of it when it is a bare token (``https://TOKEN@host/``).
+
+``RedactingFilter`` applies the same to log records: the worker's log handler has it, and so do
+the loggers of the HTTP libraries the engine drives, whatever handlers an application sets up.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-__all__ = ["REDACTED", "SECRET_HEADER_WORDS", "is_secret_header", "redact", "redact_headers", "redact_url"]
+__all__ = [
+    "REDACTED",
+    "SECRET_HEADER_WORDS",
+    "RedactingFilter",
+    "is_secret_header",
+    "redact",
+    "redact_headers",
+    "redact_url",
+]
 
 REDACTED = "[redacted]"
 #: A header whose name contains one of these (case-insensitive) carries a credential.
@@ -71,3 +84,41 @@ def _masked_value(match: re.Match[str]) -> str:
 def redact(text: str) -> str:
     """``text`` with the values of credential headers and the passwords of URLs replaced."""
     return _SECRET_IN_TEXT_RE.sub(_masked_value, redact_url(text))
+
+
+#: Formats the tracebacks the filter redacts before any handler formats the record.
+_TRACEBACKS = logging.Formatter()
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {k: REDACTED if is_secret_header(k) else _redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        if len(value) == 2 and is_secret_header(value[0]):
+            return (value[0], REDACTED)
+        return [_redact_value(v) for v in value]
+    return value
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts credentials in a record's message, arguments, extra fields, traceback and stack."""
+
+    _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            # An exception's text can hold a URL or a header; formatters print exc_text when exc_info is gone.
+            record.exc_text = redact(_TRACEBACKS.formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for name, value in list(record.__dict__.items()):
+            if name not in self._STANDARD:
+                setattr(record, name, _redact_value(value))
+        return True
