@@ -134,10 +134,10 @@ def test_reprs_of_requests_tasks_envelopes_and_results_hold_no_credential() -> N
         {"url": f"ftp://user:{SECRET}@host/"},
         {"url": f"http://user:{SECRET}@host/ x"},
         {"url": f"http://user:{SECRET}@"},
-        {"url": "http://h/", "headers": [["Authorization", f"Bearer {SECRET}\r\nX-Injected: 1"]]},
+        {"url": "http://h/", "headers": [["Authorization", f"{SECRET}\r\n"]]},
         {"url": "http://h/", "headers": [[f"Authorization: Bearer {SECRET}", "v"]]},
-        {"url": "http://h/", "headers": [["X-API-Key", f"{SECRET}"]], "method": "GET /"},
-        {"url": "http://h/", "headers": [["Cookie", f"{SECRET}"]], "body": 12},
+        # A missing field shows the whole input of its model.
+        {"headers": [["X-API-Key", SECRET]]},
     ],
 )
 def test_validation_errors_never_echo_a_credential(request_input: dict[str, Any]) -> None:
