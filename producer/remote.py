@@ -380,7 +380,8 @@ def _task_key(task: Task) -> str:
 
 
 def _host_key(task: Task) -> str:
-    return urlsplit(task.request.url).netloc
+    # The host and port only: a key is shown by every Kafka tool, and user info may hold a password.
+    return urlsplit(task.request.url).netloc.rpartition("@")[2]
 
 
 def _error(task: Task, code: ErrorCode) -> TaskResult:

@@ -52,7 +52,7 @@ class ErrorCode(StrEnum):
     CANCELLED = "cancelled"  #: the batch was cancelled, or a stopping worker cut the task, before it finished
     EXPIRED = "expired"  #: the deadline had passed before the task started
     INVALID_TASK = "invalid_task"  #: the task message could not be decoded or validated
-    TARGET_NOT_ALLOWED = "target_not_allowed"  #: the target is outside the worker's allowlist
+    TARGET_NOT_ALLOWED = "target_not_allowed"  #: the target, or an address it resolves to, is outside the allowlist
     RESPONSE_TOO_LARGE = "response_too_large"  #: the response body exceeded the size limit
     NO_RESULT = "no_result"  #: no worker answered before the deadline plus grace
     INTERNAL = "internal"  #: an unexpected failure; details are in the logs only
@@ -67,7 +67,7 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.CANCELLED: "the task was cancelled before it finished",
     ErrorCode.EXPIRED: "the task's deadline passed before it started",
     ErrorCode.INVALID_TASK: "the task message is not a valid TRS task",
-    ErrorCode.TARGET_NOT_ALLOWED: "the target is not in the worker's allowlist",
+    ErrorCode.TARGET_NOT_ALLOWED: "the target is not on the allowlist",
     ErrorCode.RESPONSE_TOO_LARGE: "the response body exceeded the size limit",
     ErrorCode.NO_RESULT: "no result arrived before the task's deadline",
     ErrorCode.INTERNAL: "an internal error occurred",
@@ -115,7 +115,7 @@ class ResponseTooLarge(TaskFailed):
 
 
 class TargetNotAllowed(TaskFailed):
-    """The target host is outside the allowlist."""
+    """The target host, or an address it resolves to, is outside the allowlist."""
 
     code = ErrorCode.TARGET_NOT_ALLOWED
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import re
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Annotated, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -26,6 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from shared.errors import ERROR_MESSAGES, ErrorCode
+from shared.redaction import redact, redact_headers, redact_url
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -59,6 +61,9 @@ _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _PLAIN_HTTP_URL_RE = re.compile(r"(?i:https?)://(?:[^\s/?#@]*@)?[^\s/?#:@][^\s/?#@]*(?:[/?#]\S*)?\Z")
 
 _BINARY_AS_BASE64 = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+#: For every model that holds a request or a response: a validation error's text never echoes
+#: the input, which may be a credential header or a URL with a password.
+_NO_INPUT_IN_ERRORS = ConfigDict(hide_input_in_errors=True)
 Header = tuple[str, str]
 
 
@@ -89,19 +94,25 @@ def url_problem(url: str) -> PydanticCustomError | None:
     """What makes ``url`` unusable as a task's URL (not http or https, no host, white space), or ``None``."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
-        return PydanticCustomError("url_scheme", "URL scheme must be http or https, got {url!r}", {"url": url})
+        return PydanticCustomError("url_scheme", "URL scheme must be http or https, got {url}", _shown(url))
     host = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
     if not host or host.startswith(":"):
-        return PydanticCustomError("url_host", "URL has no host: {url!r}", {"url": url})
+        return PydanticCustomError("url_host", "URL has no host: {url}", _shown(url))
     if any(c in url for c in " \r\n\t"):
-        return PydanticCustomError("url_space", "URL contains whitespace: {url!r}", {"url": url})
+        return PydanticCustomError("url_space", "URL contains whitespace: {url}", _shown(url))
     return None
+
+
+def _shown(url: str) -> dict[str, str]:
+    """The context of a URL error: the URL as it may be shown, without its password."""
+    return {"url": repr(redact_url(url))}
 
 
 def _check_header(header: Header) -> Header:
     name, value = header
     if not _HEADER_NAME_RE.match(name):
-        raise ValueError(f"header name {name!r} is not a valid HTTP token")
+        # A whole "Name: value" line passed as a name would show its value.
+        raise ValueError(f"header name {redact(repr(name))} is not a valid HTTP token")
     if "\r" in value or "\n" in value or "\0" in value:
         raise ValueError(f"header {name!r} has a CR, LF or NUL in its value")
     return header
@@ -113,7 +124,7 @@ RequestHeader = Annotated[Header, AfterValidator(_check_header)]
 class HttpRequest(BaseModel):
     """One HTTP request. ``headers`` is an ordered list of pairs; a name may repeat."""
 
-    model_config = _BINARY_AS_BASE64 | ConfigDict(frozen=False)
+    model_config = _BINARY_AS_BASE64 | _NO_INPUT_IN_ERRORS | ConfigDict(frozen=False)
 
     method: str = "GET"
     url: str
@@ -144,6 +155,16 @@ class HttpRequest(BaseModel):
         """The first value of header ``name`` (case-insensitive), or ``None``."""
         lowered = name.lower()
         return next((v for k, v in self.headers if k.lower() == lowered), None)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # Reprs reach logs and tracebacks: credentials stay out of them.
+        for name, value in super().__repr_args__():
+            if name == "url":
+                yield name, redact_url(value)
+            elif name == "headers":
+                yield name, redact_headers(value)
+            else:
+                yield name, value
 
 
 class RetryPolicy(BaseModel):
@@ -202,7 +223,7 @@ class Task(BaseModel):
     task is never sent and yields no result.
     """
 
-    model_config = ConfigDict(validate_assignment=True)
+    model_config = _NO_INPUT_IN_ERRORS | ConfigDict(validate_assignment=True)
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4)
     service_name: ServiceName
@@ -215,7 +236,7 @@ class Task(BaseModel):
 class HttpResponse(BaseModel):
     """The response a task got: any status code, with its headers and body."""
 
-    model_config = _BINARY_AS_BASE64
+    model_config = _BINARY_AS_BASE64 | _NO_INPUT_IN_ERRORS
 
     status_code: int = Field(ge=100, le=999)
     headers: list[Header] = Field(default_factory=list)
@@ -225,6 +246,11 @@ class HttpResponse(BaseModel):
         """The first value of header ``name`` (case-insensitive), or ``None``."""
         lowered = name.lower()
         return next((v for k, v in self.headers if k.lower() == lowered), None)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A Set-Cookie of the target's stays out of logs and tracebacks too.
+        for name, value in super().__repr_args__():
+            yield name, redact_headers(value) if name == "headers" else value
 
 
 class TaskError(BaseModel):
@@ -245,6 +271,8 @@ class TaskError(BaseModel):
 
 class TaskResult(BaseModel):
     """Exactly one outcome of a task: a ``response`` or an ``error``, never both."""
+
+    model_config = _NO_INPUT_IN_ERRORS
 
     task_id: uuid.UUID
     response: HttpResponse | None = None
@@ -276,6 +304,8 @@ def utc_now() -> datetime:
 class TaskEnvelope(BaseModel):
     """A task on the request topic, with what the worker needs to answer it."""
 
+    model_config = _NO_INPUT_IN_ERRORS
+
     schema_version: Literal[1] = SCHEMA_VERSION
     batch_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     reply_topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
@@ -289,6 +319,8 @@ class TaskEnvelope(BaseModel):
 
 class ResultEnvelope(BaseModel):
     """A task's result on its batch's reply topic."""
+
+    model_config = _NO_INPUT_IN_ERRORS
 
     schema_version: Literal[1] = SCHEMA_VERSION
     batch_id: str = Field(min_length=1, max_length=64)

@@ -6,6 +6,7 @@ Secrets are ``SecretStr``; they appear in no repr, log line or error.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -18,6 +19,10 @@ __all__ = ["EngineSettings", "KafkaSettings", "WorkerSettings"]
 
 #: Kafka's default maximum message size; our result size limit keeps under it.
 KAFKA_MAX_MESSAGE_BYTES = 1_000_000
+#: librdkafka properties whose name holds one of these carry a secret (``sasl.password``,
+#: ``ssl.keystore.password``, ``ssl.key.pem``, ``sasl.oauthbearer.client.secret`` ...).
+_SECRET_PROPERTY_WORDS = ("password", "secret", "key.pem", "oauthbearer.config")
+_MASKED = "**********"
 
 
 def _comma_list(value: Any) -> Any:
@@ -30,7 +35,8 @@ def _comma_list(value: Any) -> Any:
 class KafkaSettings(BaseSettings):
     """How to reach the Kafka cluster. ``TRS_KAFKA_*``; security settings go to librdkafka."""
 
-    model_config = SettingsConfigDict(env_prefix="TRS_KAFKA_", extra="ignore")
+    # An error must not echo an input: it may be a password.
+    model_config = SettingsConfigDict(env_prefix="TRS_KAFKA_", extra="ignore", hide_input_in_errors=True)
 
     bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
@@ -45,8 +51,14 @@ class KafkaSettings(BaseSettings):
     ssl_key_location: str | None = None
     ssl_key_password: SecretStr | None = None
     client_id: str = "trs"
-    #: Any other librdkafka property, e.g. ``{"socket.keepalive.enable": "true"}``.
+    #: Any other librdkafka property, e.g. ``{"socket.keepalive.enable": "true"}``; secret ones are masked in a repr.
     extra: dict[str, str] = Field(default_factory=dict)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            if name == "extra":
+                value = {key: _MASKED if _is_secret_property(key) else item for key, item in value.items()}
+            yield name, value
 
     def librdkafka_config(self) -> dict[str, Any]:
         """The common librdkafka properties, secrets revealed only here."""
@@ -71,6 +83,11 @@ class KafkaSettings(BaseSettings):
                 config[key] = value
         config.update(self.extra)
         return config
+
+
+def _is_secret_property(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_PROPERTY_WORDS)
 
 
 class EngineSettings(BaseSettings):

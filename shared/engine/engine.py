@@ -1,7 +1,8 @@
 """The engine: runs one task to exactly one result.
 
-One deadline covers every attempt. Before each attempt the engine checks the deadline and the
-allowlist, then sends through the transport built for the task's transport policy. The retry
+One deadline covers every attempt. Before the first attempt the engine checks the allowlist,
+which may resolve the host name (see ``shared.engine.allowlist``); before each attempt it checks
+the deadline, then sends through the transport built for the task's transport policy. The retry
 decision and the delay come from ``shared.engine.retry``. Exception text goes to the log; a
 result carries only a code and that code's fixed message.
 """
@@ -122,9 +123,16 @@ class Engine:
             return _error(task, ErrorCode.EXPIRED, 0, started)
         own_deadline = started + task.timeout
         deadline = own_deadline if deadline is None else min(deadline, own_deadline)
-        if not self._allowlist.allows(task.request.url):
-            return _error(task, ErrorCode.TARGET_NOT_ALLOWED, 0, started)
         request = task.request
+        if self._allowlist.enabled:
+            try:
+                # Resolving a host name counts against the deadline like any attempt.
+                async with asyncio.timeout(deadline - self._clock()):
+                    request = await self._allowlist.target(request)
+            except TaskFailed as exc:
+                return _error(task, exc.code, 0, started)
+            except TimeoutError:
+                return _error(task, ErrorCode.TIMEOUT, 0, started)
         user_agent = _default_user_agent(task)
         transport = self._transport_for(task.policy.transport)
         policy = task.policy.retry

@@ -11,10 +11,17 @@ import httpx
 from shared.engine.transport import TlsConfig, Transport, chain_has_ssl_error
 from shared.errors import ConnectFailed, InternalError, ResponseTooLarge, TaskTimeout, TlsFailed
 from shared.models import HttpRequest, HttpResponse, TransportPolicy
+from shared.redaction import RedactingFilter
 
 __all__ = ["HttpxTransport"]
 
 log = logging.getLogger(__name__)
+
+# httpx logs every request's URL, user info included, at INFO, and httpcore every response's
+# headers, Set-Cookie included, at DEBUG: their records are redacted before any handler sees them.
+_REDACTED_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy")
+for _name in _REDACTED_LOGGERS:
+    logging.getLogger(_name).addFilter(RedactingFilter())
 
 
 @contextlib.contextmanager

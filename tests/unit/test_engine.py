@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from prometheus_client import REGISTRY
 
-from shared.engine import Engine, MockTransport, TargetAllowlist, TlsConfig, TransportFactory
+from shared.engine import Engine, MockTransport, TlsConfig, TransportFactory
 from shared.errors import ErrorCode
 from shared.models import HttpRequest, HttpResponse, Task
 
@@ -88,19 +88,6 @@ async def test_the_service_name_is_the_user_agent_unless_the_request_sets_one() 
     assert seen[1].headers == [("user-agent", "mine/1")]
     # The caller's task is left as it was.
     assert plain.request.headers == [("A", "1")]
-
-
-def test_allowlist_matches_networks_names_and_wildcards() -> None:
-    allow = TargetAllowlist(["10.0.0.0/8", "::1", "bmc.local", "*.fleet.test"])
-
-    assert allow.allows("http://10.1.2.3/x")
-    assert allow.allows("https://[::1]:8443/")
-    assert allow.allows("http://BMC.local/")
-    assert allow.allows("http://node-1.fleet.test/")
-    assert not allow.allows("http://fleet.test.evil.com/")
-    assert not allow.allows("http://127.0.0.1/")
-    assert not allow.allows("http://bmc.local.evil/")
-    assert TargetAllowlist([]).allows("http://anything/")
 
 
 def test_tls_key_without_certificate_is_rejected() -> None:
