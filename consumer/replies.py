@@ -28,7 +28,7 @@ from consumer.offsets import OffsetTracker
 from shared.errors import ErrorCode, InvalidEnvelope
 from shared.metrics import WORKER_DLQ_RECORDS, WORKER_PRODUCE_ERRORS, WORKER_RESULTS_DROPPED
 from shared.models import ResultEnvelope, TaskEnvelope, TaskError, TaskResult
-from shared.wire import DLQ_TOPIC, batch_of_reply_topic, dead_letter_record, encode_result, message_headers
+from shared.wire import DLQ_TOPIC, KafkaHeaders, batch_of_reply_topic, dead_letter_record, encode_result
 
 __all__ = ["DeadLetter", "Replies", "ReplyTopics"]
 
@@ -239,8 +239,9 @@ class Replies:
             log.error("could not produce the result of %s to %s: %s; it runs again", _where(record), reply_topic, exc)
             WORKER_PRODUCE_ERRORS.inc()
 
-    async def dead_letter(self, record: Record, letter: DeadLetter) -> None:
-        """Send a record to the dead-letter topic, and tell its client when that can be read.
+    async def dead_letter(self, record: Record, headers: KafkaHeaders | None, letter: DeadLetter) -> None:
+        """Send a record, with the headers read from it (``None``: unreadable), to the dead-letter
+        topic, and tell its client when that can be read.
 
         The record is done once the broker has acknowledged the dead letter (and the client's
         result, if there is one); only then is it counted in ``trs_worker_dlq_records_total``.
@@ -255,7 +256,7 @@ class Replies:
             offset=record.offset,
             value=message.value(),
             key=message.key(),
-            original=message_headers(message),
+            original=headers,
             max_message_bytes=self._max_message_bytes,
         )
         log.warning("sending %s to %s: %s", _where(record), DLQ_TOPIC, letter.reason)

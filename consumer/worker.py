@@ -56,7 +56,7 @@ from shared.metrics import (
 )
 from shared.models import CancelEnvelope, TaskEnvelope, TaskError, TaskResult
 from shared.settings import EngineSettings, KafkaSettings, WorkerSettings
-from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, decode_task_message
+from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, KafkaHeaders, decode_consumed_task, message_headers
 
 __all__ = ["Worker", "WorkerConfig"]
 
@@ -265,6 +265,8 @@ class Worker:
                 record = await queue.get()
             if record is None:
                 return
+            # Read once, and only here: see shared.wire.message_headers.
+            headers = message_headers(record.message)
             try:
                 self._backlog.took()
                 if self._draining:
@@ -272,20 +274,21 @@ class Worker:
                     return
                 self._busy += 1
                 try:
-                    await self._handle(record, runner)
+                    await self._handle(record, headers, runner)
                 finally:
                     self._busy -= 1
             except Exception as exc:
-                await self._failed(record, exc, None)
+                await self._failed(record, headers, exc, None)
 
-    async def _handle(self, record: Record, runner: asyncio.Task[Any]) -> None:
+    async def _handle(self, record: Record, headers: KafkaHeaders | None, runner: asyncio.Task[Any]) -> None:
         if not self._tracker.is_current(record.key, record.epoch):
             # The partition was revoked while this waited; its next owner runs it.
             return
+        limit = self.config.worker.max_message_bytes
         try:
-            envelope = decode_task_message(record.message, max_value_bytes=self.config.worker.max_message_bytes)
+            envelope = decode_consumed_task(record.message.value(), headers, max_message_bytes=limit)
         except InvalidEnvelope as exc:
-            await self._replies.dead_letter(record, DeadLetter.invalid(exc))
+            await self._replies.dead_letter(record, headers, DeadLetter.invalid(exc))
             self._count(ErrorCode.INVALID_TASK.value)
             return
         try:
@@ -295,15 +298,17 @@ class Worker:
                 result = await self._execute(record, envelope, runner)
             await self._reply(record, envelope, result)
         except Exception as exc:
-            await self._failed(record, exc, envelope)
+            await self._failed(record, headers, exc, envelope)
 
-    async def _failed(self, record: Record, exc: Exception, envelope: TaskEnvelope | None) -> None:
+    async def _failed(
+        self, record: Record, headers: KafkaHeaders | None, exc: Exception, envelope: TaskEnvelope | None
+    ) -> None:
         """End a record whose handling raised: a dead letter, and an ``internal`` result when the task was read."""
         where = f"{record.key[0]}[{record.key[1]}]@{record.offset}"
         log.error("handling %s failed; it goes to %s", where, DLQ_TOPIC, exc_info=exc)
         WORKER_INTERNAL_ERRORS.inc()
         try:
-            await self._replies.dead_letter(record, DeadLetter.internal(exc, envelope))
+            await self._replies.dead_letter(record, headers, DeadLetter.internal(exc, envelope))
         except Exception as again:
             log.error("could not dead-letter %s; it stays incomplete and runs again", where, exc_info=again)
             return

@@ -52,6 +52,7 @@ __all__ = [
     "HEADER_DLQ_VALUE_SIZE",
     "HEADER_SCHEMA",
     "HEADER_TASK_ID",
+    "MAX_TASK_HEADERS",
     "REPLY_TOPIC_PREFIX_RE",
     "REQUEST_TOPIC_PATTERN",
     "ConsumedMessage",
@@ -62,9 +63,9 @@ __all__ = [
     "dead_letter_headers",
     "dead_letter_record",
     "decode_cancel",
+    "decode_consumed_task",
     "decode_result",
     "decode_task",
-    "decode_task_message",
     "encode_cancel",
     "encode_result",
     "encode_task",
@@ -98,6 +99,8 @@ HEADER_DLQ_VALUE_SIZE = "trs-dlq-value-size"
 HEADER_DLQ_VALUE_SHA256 = "trs-dlq-value-sha256"
 HEADER_DLQ_KEY_SIZE = "trs-dlq-key-size"
 
+#: Most headers a task message may carry; TRS's own client sets five at most.
+MAX_TASK_HEADERS = 64
 #: Most original headers a dead-letter record keeps, and most bytes they may take together.
 DLQ_MAX_HEADERS = 64
 DLQ_MAX_HEADER_BYTES = 16_384
@@ -250,7 +253,9 @@ def _header_size(key: str, value: str | bytes | None) -> int:
 def message_headers(message: ConsumedMessage) -> KafkaHeaders | None:
     """A consumed message's headers (``[]`` when it has none), or ``None`` when they can't be read.
 
-    confluent-kafka decodes header names as UTF-8 and raises ``SystemError`` for one that isn't.
+    Call it once per message, and pass on what it returns. confluent-kafka decodes header names as
+    UTF-8 and raises ``SystemError`` for one that isn't, but keeps the half-built list: a second
+    ``headers()`` returns it, and touching it crashes the process (SIGSEGV).
     """
     try:
         return _pairs(message.headers())
@@ -357,20 +362,27 @@ def decode_task(value: bytes | None, headers: HeadersIn = None) -> TaskEnvelope:
     try:
         _check_schema_header(headers)
     except InvalidEnvelope as exc:
-        reply, task_id = _salvage(value) if value is not None else (None, None)
-        raise InvalidEnvelope(exc.reason, reply_topic=reply, task_id=task_id) from None
+        raise _salvaged(exc.reason, value) from None
     return _decode(TaskEnvelope, value)
 
 
-def decode_task_message(message: ConsumedMessage, *, max_value_bytes: int | None = None) -> TaskEnvelope:
-    """A task envelope from a consumed message, whose headers may be unreadable and whose value may
-    be over ``max_value_bytes``; raises ``InvalidEnvelope`` with the reason, and nothing else."""
-    value = message.value()
-    headers = message_headers(message)
+def decode_consumed_task(
+    value: bytes | None, headers: KafkaHeaders | None, *, max_message_bytes: int | None = None
+) -> TaskEnvelope:
+    """A task envelope from a consumed message's value and the headers ``message_headers`` read
+    (``None``: unreadable); raises ``InvalidEnvelope`` with the reason, and nothing else.
+
+    Besides what ``decode_task`` checks, the headers must be readable and at most
+    ``MAX_TASK_HEADERS``, and the value and headers together at most ``max_message_bytes``.
+    """
     if headers is None:
         raise _salvaged(UNREADABLE_HEADERS, value)
-    if (max_value_bytes is not None) and (value is not None) and len(value) > max_value_bytes:
-        raise _salvaged(f"value: {len(value)} bytes, over the limit of {max_value_bytes}", value)
+    if len(headers) > MAX_TASK_HEADERS:
+        raise _salvaged(f"headers: {len(headers)}, over the limit of {MAX_TASK_HEADERS}", value)
+    if max_message_bytes is not None:
+        size = len(value or b"") + sum(_header_size(k, v) for k, v in headers)
+        if size > max_message_bytes:
+            raise _salvaged(f"message: {size} bytes, over the limit of {max_message_bytes}", value)
     return decode_task(value, headers)
 
 

@@ -22,14 +22,16 @@ from shared.wire import (
     HEADER_DLQ_VALUE_SHA256,
     HEADER_DLQ_VALUE_SIZE,
     HEADER_SCHEMA,
+    MAX_TASK_HEADERS,
     UNREADABLE_HEADERS,
     DeadLetterRecord,
     HeadersIn,
     dead_letter_record,
+    decode_consumed_task,
     decode_task,
-    decode_task_message,
     encode_task,
     header_value,
+    message_headers,
 )
 
 REPLY_TOPIC = "trs-svc-http-v1-rcv-b1"
@@ -37,8 +39,7 @@ LIMIT = 1_000_000
 
 
 class Message:
-    """A consumed message as ``decode_task_message`` sees it; ``headers()`` raises as confluent-kafka does
-    for a header name that isn't UTF-8."""
+    """A consumed message; ``headers()`` raises as confluent-kafka does for a header name that isn't UTF-8."""
 
     def __init__(self, value: bytes | None, headers: HeadersIn = None, *, unreadable: bool = False) -> None:
         self._value = value
@@ -107,11 +108,12 @@ def test_decode_task_raises_nothing_but_invalid_envelope(value: bytes | None, he
 
 @settings(max_examples=200, deadline=None)
 @given(value=_values, headers=_headers, unreadable=st.booleans(), limit=st.none() | st.integers(0, 5000))
-def test_decode_task_message_raises_nothing_but_invalid_envelope(
+def test_decode_consumed_task_raises_nothing_but_invalid_envelope(
     value: bytes | None, headers: HeadersIn, unreadable: bool, limit: int | None
 ) -> None:
     try:
-        decode_task_message(Message(value, headers, unreadable=unreadable), max_value_bytes=limit)
+        read = message_headers(Message(value, headers, unreadable=unreadable))
+        decode_consumed_task(value, read, max_message_bytes=limit)
     except InvalidEnvelope as exc:
         assert exc.reason
 
@@ -132,12 +134,18 @@ def test_a_huge_unknown_schema_header_is_cut_short_in_the_reason() -> None:
         decode_task(b"{}", [(HEADER_SCHEMA, b"9" * 100_000)])
 
 
+def test_headers_the_kafka_client_can_not_read_are_none() -> None:
+    assert message_headers(Message(b"{}", unreadable=True)) is None
+    assert message_headers(Message(b"{}", None)) == []
+    assert message_headers(Message(b"{}", {"a": b"1"})) == [("a", b"1")]
+
+
 def test_unreadable_headers_make_the_message_invalid_and_its_client_is_still_told() -> None:
     envelope = _envelope()
     value, _ = encode_task(envelope)
 
     with pytest.raises(InvalidEnvelope) as info:
-        decode_task_message(Message(value, unreadable=True))
+        decode_consumed_task(value, message_headers(Message(value, unreadable=True)))
 
     assert info.value.reason == UNREADABLE_HEADERS
     assert info.value.reason == "headers: the Kafka client could not read them (a header name that is not UTF-8)"
@@ -145,17 +153,38 @@ def test_unreadable_headers_make_the_message_invalid_and_its_client_is_still_tol
     assert info.value.task_id == str(envelope.task.id)
 
 
-def test_a_value_over_the_limit_is_invalid_and_its_client_is_still_told() -> None:
+def test_a_message_over_the_limit_is_invalid_and_its_client_is_still_told() -> None:
     envelope = _envelope(body=b"x" * 2_000_000)
     value, headers = encode_task(envelope)
+    size = len(value) + sum(len(k) + len(v or b"") for k, v in headers)
 
     with pytest.raises(InvalidEnvelope) as info:
-        decode_task_message(Message(value, headers), max_value_bytes=LIMIT)
+        decode_consumed_task(value, headers, max_message_bytes=LIMIT)
 
-    assert info.value.reason == f"value: {len(value)} bytes, over the limit of {LIMIT}"
+    assert info.value.reason == f"message: {size} bytes, over the limit of {LIMIT}"
     assert info.value.reply_topic == REPLY_TOPIC
     assert info.value.task_id == str(envelope.task.id)
-    assert decode_task_message(Message(value, headers)).task.id == envelope.task.id
+    assert decode_consumed_task(value, headers).task.id == envelope.task.id
+
+
+def test_huge_headers_count_towards_the_limit() -> None:
+    value, headers = encode_task(_envelope())
+
+    with pytest.raises(InvalidEnvelope, match=r"^message: \d+ bytes, over the limit of 1000000$"):
+        decode_consumed_task(value, [*headers, ("x-huge", b"h" * LIMIT)], max_message_bytes=LIMIT)
+
+
+def test_more_headers_than_the_cap_make_the_message_invalid() -> None:
+    envelope = _envelope()
+    value, headers = encode_task(envelope)
+    many = headers + [("x-n", b"v")] * 10_000
+
+    with pytest.raises(InvalidEnvelope) as info:
+        decode_consumed_task(value, many)
+
+    assert info.value.reason == f"headers: {len(many)}, over the limit of {MAX_TASK_HEADERS}"
+    assert info.value.task_id == str(envelope.task.id)
+    decode_consumed_task(value, headers + [("x-n", b"v")] * (MAX_TASK_HEADERS - len(headers)))
 
 
 def _size(value: bytes, key: bytes | None, headers: list[tuple[str, str | bytes | None]]) -> int:

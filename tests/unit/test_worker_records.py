@@ -87,16 +87,26 @@ class Producer:
 
 
 class Message:
-    def __init__(self, value: bytes | None, headers: HeadersIn, *, key: bytes | None = None) -> None:
-        self._value, self._headers, self._key = value, headers, key
+    """A consumed message. With ``unreadable``, ``headers()`` behaves as confluent-kafka's does for a
+    header name that isn't UTF-8: it raises, and a second call would hand out a list that crashes
+    the process when touched (here, it fails the test instead)."""
+
+    def __init__(self, value: bytes | None, headers: HeadersIn, *, unreadable: bool = False) -> None:
+        self._value, self._headers, self._unreadable = value, headers, unreadable
+        self.header_reads = 0
 
     def value(self) -> bytes | None:
         return self._value
 
     def key(self) -> bytes | None:
-        return self._key
+        return None
 
     def headers(self) -> HeadersIn:
+        self.header_reads += 1
+        if self._unreadable:
+            if self.header_reads > 1:
+                pytest.fail("headers() called again after it raised: confluent-kafka would crash here")
+            raise SystemError("<method 'headers' of 'cimpl.Message' objects> returned a result with an exception set")
         return self._headers
 
 
@@ -122,12 +132,13 @@ class Harness:
     runner: asyncio.Task[None]
     next_offset: int = 0
 
-    def feed(self, value: bytes | None, headers: HeadersIn = None) -> int:
+    def feed(self, value: bytes | None, headers: HeadersIn = None, *, unreadable: bool = False) -> int:
         offset = self.next_offset
         self.next_offset += 1
         epoch = self.worker._tracker.track(TP, offset)
         assert epoch is not None
-        self.worker._queue.put_nowait(Record(Message(value, headers), TP, offset, epoch))  # type: ignore[arg-type]
+        message = Message(value, headers, unreadable=unreadable)
+        self.worker._queue.put_nowait(Record(message, TP, offset, epoch))  # type: ignore[arg-type]
         return offset
 
     def commit_offset(self) -> int | None:
@@ -241,7 +252,7 @@ async def test_an_exception_before_the_task_is_read_still_dead_letters_the_recor
     def broken(*args: object, **kwargs: object) -> TaskEnvelope:
         raise MemoryError("no room")
 
-    monkeypatch.setattr("consumer.worker.decode_task_message", broken)
+    monkeypatch.setattr("consumer.worker.decode_consumed_task", broken)
     _, value, headers = _task()
 
     with caplog.at_level(logging.ERROR, logger="consumer.worker"):
@@ -332,10 +343,41 @@ async def test_a_record_too_big_for_the_dlq_goes_there_as_its_size_and_digest(ha
     assert json.loads(dead.value)["size"] == len(raw)
     assert header_value(dead.headers, HEADER_DLQ_VALUE_SIZE) == str(len(raw)).encode()
     assert header_value(dead.headers, HEADER_SCHEMA) == b"1"
-    assert (
-        header_value(dead.headers, HEADER_DLQ_REASON) == f"value: {len(raw)} bytes, over the limit of 1000000".encode()
-    )
+    size = len(raw) + sum(len(k) + len(v or b"") for k, v in headers)
+    reason = f"message: {size} bytes, over the limit of 1000000"
+    assert header_value(dead.headers, HEADER_DLQ_REASON) == reason.encode()
     (result,) = [decode_result(m.value).result for m in harness.producer.on(REPLY_TOPIC)]
     assert (result.task_id, result.outcome) == (envelope.task.id, "invalid_task")
     assert harness.engine.ran == 0
+    assert harness.commit_offset() == offset + 1
+
+
+async def test_a_record_whose_headers_can_not_be_read_is_read_once_and_dead_lettered(harness: Harness) -> None:
+    # The first read fails; a second one, anywhere on the dead-letter path, would crash a real worker.
+    envelope, value, _ = _task()
+    offset = harness.feed(value, unreadable=True)
+    await harness.settle(2)
+
+    (dead,) = harness.producer.on(DLQ_TOPIC)
+    assert [k for k, _ in dead.headers if not k.startswith("trs-dlq-")] == []
+    reason = "headers: the Kafka client could not read them (a header name that is not UTF-8)"
+    assert header_value(dead.headers, HEADER_DLQ_REASON) == reason.encode()
+    (result,) = [decode_result(m.value).result for m in harness.producer.on(REPLY_TOPIC)]
+    assert (result.task_id, result.outcome) == (envelope.task.id, "invalid_task")
+    assert harness.commit_offset() == offset + 1
+
+
+async def test_an_internal_failure_after_unreadable_headers_reads_them_no_more(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> TaskEnvelope:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("consumer.worker.decode_consumed_task", broken)
+    _, value, _ = _task()
+    offset = harness.feed(value, unreadable=True)
+    await harness.settle(1)
+
+    (dead,) = harness.producer.on(DLQ_TOPIC)
+    assert header_value(dead.headers, HEADER_DLQ_REASON) == b"internal: RuntimeError while handling the record"
     assert harness.commit_offset() == offset + 1
