@@ -7,6 +7,7 @@ as librdkafka does; what a real broker and a real worker do is tested in tests/r
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -333,7 +334,7 @@ async def test_a_dead_letter_that_can_not_be_written_leaves_the_record_incomplet
 async def test_a_record_too_big_for_the_dlq_goes_there_as_its_size_and_digest(harness: Harness) -> None:
     envelope, value, headers = _task()
     big = json.loads(value)
-    big["task"]["request"]["body"] = "eA==" * 500_000
+    big["task"]["request"]["body"] = base64.b64encode(b"x" * 1_500_000).decode()
     raw = json.dumps(big).encode()
 
     offset = harness.feed(raw, headers)
