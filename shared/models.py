@@ -135,7 +135,8 @@ def _check_header(header: Header) -> Header:
         raise ValueError(f"header {_shown(name)} is over {MAX_HEADER_LENGTH} characters, name and value together")
     if not _HEADER_NAME_RE.match(name):
         raise ValueError(f"header name {_shown(name)} is not a valid HTTP token")
-    if not _HEADER_VALUE_RE.match(value):
+    # Printable ASCII, the usual value, passes without the regular expression.
+    if not (value.isascii() and value.isprintable()) and not _HEADER_VALUE_RE.match(value):
         raise ValueError(
             f"header {name!r} has a CR, LF or NUL, another control character or a lone surrogate in its value"
         )

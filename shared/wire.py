@@ -265,7 +265,9 @@ def message_headers(message: ConsumedMessage) -> KafkaHeaders | None:
 
 def header_value(headers: HeadersIn, name: str) -> bytes | None:
     """The first value of Kafka header ``name``, or ``None``."""
-    for key, value in _pairs(headers):
+    # Asked of every message, so the pairs are not copied.
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for key, value in pairs:
         if key == name:
             return None if value is None else _as_bytes(value)
     return None
