@@ -76,6 +76,8 @@ PAUSE_AFTER = 0.5
 #: and while none are. Reports only gate commits, which come every ``commit_interval``.
 DELIVERY_INTERVAL = 0.005
 DELIVERY_IDLE_INTERVAL = 0.1
+#: Seconds a runner waits after a failure between records before it takes the next one.
+RUNNER_RESTART_DELAY = 0.1
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,8 @@ class Worker:
                 # A runner that ended here would leave the worker one short for good.
                 log.error("a runner failed between records; it goes on", exc_info=exc)
                 WORKER_INTERNAL_ERRORS.inc()
+                # A failure that repeats must not spin the event loop.
+                await asyncio.sleep(RUNNER_RESTART_DELAY)
 
     async def _run_records(self, runner: asyncio.Task[Any]) -> None:
         queue = self._queue

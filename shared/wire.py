@@ -120,9 +120,7 @@ _Envelope = TypeVar("_Envelope", bound=BaseModel)
 
 
 class ConsumedMessage(Protocol):
-    """What decoding needs of a consumed Kafka message (``confluent_kafka.Message`` has it)."""
-
-    def value(self) -> bytes | None: ...
+    """What ``message_headers`` needs of a consumed Kafka message (``confluent_kafka.Message`` has it)."""
 
     def headers(self) -> HeadersIn: ...
 
