@@ -1,7 +1,10 @@
 """What the worker produces: results to reply topics and bad messages to the dead-letter topic.
 
 A record's offset is marked done only when the broker has acknowledged everything produced for it
-(the delivery report), so a commit never passes a result that could still be lost.
+(the delivery report), so a commit never passes a result that could still be lost. A record the
+producer refuses, or whose delivery fails, is logged and counted and stays incomplete: the commit
+holds below it, and the partition's next owner runs it again. A dead-letter record is kept within
+the worker's message limit (see ``shared.wire.dead_letter_record``), so no message is too big for it.
 
 The worker never creates a topic: its producer has ``allow.auto.create.topics`` off, and before
 it produces to a reply topic it checks that the topic exists. A missing reply topic means its
@@ -13,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -22,10 +27,10 @@ from consumer.fetcher import Record
 from consumer.offsets import OffsetTracker
 from shared.errors import ErrorCode, InvalidEnvelope
 from shared.metrics import WORKER_DLQ_RECORDS, WORKER_PRODUCE_ERRORS, WORKER_RESULTS_DROPPED
-from shared.models import ResultEnvelope, TaskError, TaskResult
-from shared.wire import DLQ_TOPIC, batch_of_reply_topic, dead_letter_headers, encode_result
+from shared.models import ResultEnvelope, TaskEnvelope, TaskError, TaskResult
+from shared.wire import DLQ_TOPIC, KafkaHeaders, batch_of_reply_topic, dead_letter_record, encode_result
 
-__all__ = ["Replies", "ReplyTopics"]
+__all__ = ["DeadLetter", "Replies", "ReplyTopics"]
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +42,70 @@ MISSING_TTL = 300.0
 LOOKUP_TIMEOUT = 5.0
 #: Seconds to wait when the producer's local queue is full.
 QUEUE_FULL_BACKOFF = 0.005
-#: Reply topics whose drop was logged; past this many the memory starts over.
-MAX_REMEMBERED_DROPS = 10_000
+#: Most reply topics remembered as existing, as missing, or as dropped; the oldest go first.
+MAX_REMEMBERED_TOPICS = 10_000
 #: Delivery errors that mean the reply topic is gone: the client closed its batch.
 _TOPIC_GONE = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
 
 
+class _Expiring:
+    """Topics remembered for ``ttl`` seconds each, at most ``cap`` of them; the oldest go first.
+
+    Insertion order is the order of the times, so whatever expired is at the front.
+    """
+
+    def __init__(self, ttl: float, cap: int, clock: Callable[[], float]) -> None:
+        self._ttl = ttl
+        self._cap = cap
+        self._clock = clock
+        self._since: OrderedDict[str, float] = OrderedDict()
+
+    def __contains__(self, topic: str) -> bool:
+        since = self._since.get(topic)
+        return (since is not None) and self._clock() - since < self._ttl
+
+    def __len__(self) -> int:
+        return len(self._since)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._since))
+
+    def add(self, topic: str) -> None:
+        now = self._clock()
+        self._since.pop(topic, None)
+        self._since[topic] = now
+        since = self._since
+        while len(since) > self._cap or now - next(iter(since.values())) >= self._ttl:
+            since.popitem(last=False)
+
+    def discard(self, topic: str) -> None:
+        self._since.pop(topic, None)
+
+
 class ReplyTopics:
-    """Whether reply topics exist, from cached metadata lookups that run off the event loop."""
+    """Whether reply topics exist, from cached metadata lookups that run off the event loop.
+
+    What it knows is bounded: a topic seen to exist is forgotten after ``EXISTS_TTL``, one seen
+    missing after ``MISSING_TTL``, and neither memory holds more than ``MAX_REMEMBERED_TOPICS``.
+    """
 
     def __init__(self, producer: Producer, clock: Callable[[], float] = time.monotonic) -> None:
         self._producer = producer
-        self._clock = clock
-        self._known: dict[str, tuple[bool, float]] = {}
+        self._existing = _Expiring(EXISTS_TTL, MAX_REMEMBERED_TOPICS, clock)
+        self._missing = _Expiring(MISSING_TTL, MAX_REMEMBERED_TOPICS, clock)
         self._lookups: dict[str, asyncio.Future[bool]] = {}
+
+    def __len__(self) -> int:
+        """How many topics it remembers."""
+        return len(self._existing) + len(self._missing)
 
     def known(self, topic: str) -> bool | None:
         """Whether ``topic`` exists, from a lookup recent enough to trust; ``None`` when there is none."""
-        known = self._known.get(topic)
-        if known is None:
-            return None
-        exists, checked = known
-        return exists if self._clock() - checked < (EXISTS_TTL if exists else MISSING_TTL) else None
+        if topic in self._existing:
+            return True
+        if topic in self._missing:
+            return False
+        return None
 
     async def exists(self, topic: str) -> bool:
         known = self.known(topic)
@@ -71,7 +118,8 @@ class ReplyTopics:
             self._lookups[topic] = lookup
             lookup.add_done_callback(lambda _: self._lookups.pop(topic, None))
         exists = await asyncio.shield(lookup)
-        self._known[topic] = (exists, self._clock())
+        (self._missing if exists else self._existing).discard(topic)
+        (self._existing if exists else self._missing).add(topic)
         return exists
 
     def _lookup(self, topic: str) -> bool:
@@ -86,8 +134,45 @@ class ReplyTopics:
 
     def forget_batch(self, batch_id: str) -> None:
         """Drop what is known of ``batch_id``'s reply topic: its client may be deleting it."""
-        for topic in [t for t in self._known if batch_of_reply_topic(t) == batch_id]:
-            self._known.pop(topic, None)
+        for memory in (self._existing, self._missing):
+            for topic in memory:
+                if batch_of_reply_topic(topic) == batch_id:
+                    memory.discard(topic)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeadLetter:
+    """Why a record goes to the dead-letter topic, and what its client is told when that can be read.
+
+    The client gets an error result with ``code`` when ``reply_topic`` and ``task_id`` are known
+    and the topic exists; ``batch_id`` defaults to the one in the reply topic's name.
+    """
+
+    reason: str
+    code: ErrorCode = ErrorCode.INVALID_TASK
+    reply_topic: str | None = None
+    task_id: str | None = None
+    batch_id: str | None = None
+
+    @classmethod
+    def invalid(cls, error: InvalidEnvelope) -> DeadLetter:
+        """The dead letter of a message that is not a valid task."""
+        return cls(reason=error.reason, reply_topic=error.reply_topic, task_id=error.task_id)
+
+    @classmethod
+    def internal(cls, exc: BaseException, envelope: TaskEnvelope | None) -> DeadLetter:
+        """The dead letter of a record whose handling raised ``exc``; its client is told if the task was read."""
+        # The exception's type only: its text may carry what the task carries.
+        reason = f"internal: {type(exc).__name__} while handling the record"
+        if envelope is None:
+            return cls(reason=reason, code=ErrorCode.INTERNAL)
+        return cls(
+            reason=reason,
+            code=ErrorCode.INTERNAL,
+            reply_topic=envelope.reply_topic,
+            task_id=str(envelope.task.id),
+            batch_id=envelope.batch_id,
+        )
 
 
 class _Acks:
@@ -119,13 +204,15 @@ class Replies:
         topics: ReplyTopics,
         worker_name: str,
         max_message_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._producer = producer
         self._tracker = tracker
         self._topics = topics
         self._worker_name = worker_name
         self._max_message_bytes = max_message_bytes
-        self._dropped_topics: set[str] = set()
+        #: Reply topics whose drop was logged lately, so each is logged once.
+        self._dropped_topics = _Expiring(MISSING_TTL, MAX_REMEMBERED_TOPICS, clock)
 
     async def send_result(self, record: Record, batch_id: str, reply_topic: str, result: TaskResult) -> None:
         """Produce ``result`` to ``reply_topic``; the record is done once the broker has it."""
@@ -139,35 +226,63 @@ class Replies:
             acks.done()
             return
         value, headers = self._encode(batch_id, result)
-        if not self._try_produce(reply_topic, value, headers, str(result.task_id).encode(), acks):
-            await self._produce(reply_topic, value, headers, str(result.task_id).encode(), acks)
+        key = str(result.task_id).encode()
+        on_delivery = partial(self._delivered, acks)
+        try:
+            if not self._try_produce(reply_topic, value, headers, key, on_delivery):
+                await self._produce(reply_topic, value, headers, key, on_delivery)
+        except KafkaException as exc:
+            if _code(exc) in _TOPIC_GONE:
+                self._drop(reply_topic)
+                acks.done()
+                return
+            log.error("could not produce the result of %s to %s: %s; it runs again", _where(record), reply_topic, exc)
+            WORKER_PRODUCE_ERRORS.inc()
 
-    async def dead_letter(self, record: Record, error: InvalidEnvelope) -> None:
-        """Send a bad message to the dead-letter topic, and tell its client when that can be read."""
+    async def dead_letter(self, record: Record, headers: KafkaHeaders | None, letter: DeadLetter) -> None:
+        """Send a record, with the headers read from it (``None``: unreadable), to the dead-letter
+        topic, and tell its client when that can be read.
+
+        The record is done once the broker has acknowledged the dead letter (and the client's
+        result, if there is one); only then is it counted in ``trs_worker_dlq_records_total``.
+        """
         message = record.message
-        reply = await self._invalid_task_reply(error)
+        reply = await self._error_reply(letter)
         acks = _Acks(self._tracker, record, 2 if reply is not None else 1)
-        headers = dead_letter_headers(
-            error.reason, topic=record.key[0], partition=record.key[1], offset=record.offset, original=message.headers()
+        dead = dead_letter_record(
+            letter.reason,
+            topic=record.key[0],
+            partition=record.key[1],
+            offset=record.offset,
+            value=message.value(),
+            key=message.key(),
+            original=headers,
+            max_message_bytes=self._max_message_bytes,
         )
-        log.warning("sent %s[%d]@%d to %s: %s", record.key[0], record.key[1], record.offset, DLQ_TOPIC, error.reason)
-        WORKER_DLQ_RECORDS.inc()
-        await self._produce(DLQ_TOPIC, message.value() or b"", headers, message.key(), acks)
+        log.warning("sending %s to %s: %s", _where(record), DLQ_TOPIC, letter.reason)
+        try:
+            await self._produce(DLQ_TOPIC, dead.value, dead.headers, dead.key, partial(self._dead_lettered, acks))
+        except KafkaException as exc:
+            _dead_letter_failed(acks, str(exc))
         if reply is not None:
             topic, value, result_headers, key = reply
-            await self._produce(topic, value, result_headers, key, acks)
+            try:
+                await self._produce(topic, value, result_headers, key, partial(self._delivered, acks))
+            except KafkaException as exc:
+                log.error("could not produce the %s result of %s to %s: %s", letter.code, _where(record), topic, exc)
+                WORKER_PRODUCE_ERRORS.inc()
 
-    async def _invalid_task_reply(
-        self, error: InvalidEnvelope
+    async def _error_reply(
+        self, letter: DeadLetter
     ) -> tuple[str, bytes, list[tuple[str, str | bytes | None]], bytes] | None:
-        if (error.reply_topic is None) or (error.task_id is None):
+        if (letter.reply_topic is None) or (letter.task_id is None):
             return None
-        batch_id = batch_of_reply_topic(error.reply_topic)
-        if batch_id is None or not await self._topics.exists(error.reply_topic):
+        batch_id = letter.batch_id or batch_of_reply_topic(letter.reply_topic)
+        if batch_id is None or not await self._topics.exists(letter.reply_topic):
             return None
-        result = TaskResult.model_validate({"task_id": error.task_id, "error": TaskError.of(ErrorCode.INVALID_TASK)})
+        result = TaskResult.model_validate({"task_id": letter.task_id, "error": TaskError.of(letter.code)})
         value, headers = self._encode(batch_id, result)
-        return error.reply_topic, value, headers, error.task_id.encode()
+        return letter.reply_topic, value, headers, letter.task_id.encode()
 
     def _encode(self, batch_id: str, result: TaskResult) -> tuple[bytes, list[tuple[str, str | bytes | None]]]:
         value, headers = encode_result(ResultEnvelope(batch_id=batch_id, result=result, worker=self._worker_name))
@@ -191,9 +306,10 @@ class Replies:
         value: bytes,
         headers: list[tuple[str, str | bytes | None]],
         key: bytes | str | None,
-        acks: _Acks,
+        on_delivery: Callable[[KafkaError | None, Message], None],
     ) -> None:
-        while not self._try_produce(topic, value, headers, key, acks):  # noqa: ASYNC110
+        """Hand one record to the producer, waiting while its local queue is full; raises ``KafkaException``."""
+        while not self._try_produce(topic, value, headers, key, on_delivery):  # noqa: ASYNC110
             # The local queue is full; the worker serves delivery reports meanwhile.
             await asyncio.sleep(QUEUE_FULL_BACKOFF)
 
@@ -203,19 +319,13 @@ class Replies:
         value: bytes,
         headers: list[tuple[str, str | bytes | None]],
         key: bytes | str | None,
-        acks: _Acks,
+        on_delivery: Callable[[KafkaError | None, Message], None],
     ) -> bool:
-        """Hand one record to the producer; ``False`` when its local queue is full."""
+        """Hand one record to the producer; ``False`` when its local queue is full, ``KafkaException`` when refused."""
         try:
-            self._producer.produce(
-                topic, value=value, key=key, headers=headers, on_delivery=partial(self._delivered, acks)
-            )
+            self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
         except BufferError:
             return False
-        except KafkaException as exc:
-            log.error("could not produce to %s: %s", topic, exc)
-            WORKER_PRODUCE_ERRORS.inc()
-            acks.done()
         return True
 
     def _delivered(self, acks: _Acks, error: KafkaError | None, message: Message) -> None:
@@ -230,10 +340,37 @@ class Replies:
             log.error("delivery to %s failed: %s", message.topic(), error.str())
             WORKER_PRODUCE_ERRORS.inc()
 
+    def _dead_lettered(self, acks: _Acks, error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            WORKER_DLQ_RECORDS.inc()
+            acks.done()
+        else:
+            _dead_letter_failed(acks, error.str())
+
     def _drop(self, topic: str) -> None:
         WORKER_RESULTS_DROPPED.inc()
         if topic not in self._dropped_topics:
-            if len(self._dropped_topics) >= MAX_REMEMBERED_DROPS:
-                self._dropped_topics.clear()
             self._dropped_topics.add(topic)
             log.debug("reply topic %s is gone, its client closed the batch; dropping its results", topic)
+
+
+def _dead_letter_failed(acks: _Acks, error: str) -> None:
+    # Even a missing trs-dlq is no reason to let the record go: it stays incomplete and runs again.
+    log.error(
+        "could not write %s[%d]@%d to %s: %s; it stays incomplete and runs again",
+        acks.key[0],
+        acks.key[1],
+        acks.offset,
+        DLQ_TOPIC,
+        error,
+    )
+    WORKER_PRODUCE_ERRORS.inc()
+
+
+def _code(exc: KafkaException) -> int | None:
+    error = exc.args[0] if exc.args else None
+    return error.code() if isinstance(error, KafkaError) else None
+
+
+def _where(record: Record) -> str:
+    return f"{record.key[0]}[{record.key[1]}]@{record.offset}"

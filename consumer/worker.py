@@ -8,7 +8,9 @@
    skips a cancelled batch's task, runs the task on the same engine local mode uses (the engine
    ends a task whose deadline has passed ``expired`` without sending it), and produces the
    result. A message that can't be decoded goes to the dead-letter topic. A cancel order on
-   ``trs-control`` also cuts its batch's tasks in flight; they end ``cancelled``.
+   ``trs-control`` also cuts its batch's tasks in flight; they end ``cancelled``. An unexpected
+   exception still ends its record (a dead letter, and an ``internal`` result when the task
+   could be read), and the runner goes on with the next one.
 3. When the broker acknowledges what was produced, the offset is done; the fetcher commits each
    partition up to its lowest incomplete offset. The acknowledgements (delivery reports) are served
    here on the event loop every few milliseconds: each one calls back into Python, and served from
@@ -42,18 +44,19 @@ from consumer.flow import Backlog
 from consumer.health import HealthServer, Probe
 from consumer.kafka_config import consumer_config, control_config, producer_config, subscription
 from consumer.offsets import OffsetTracker
-from consumer.replies import Replies, ReplyTopics
+from consumer.replies import DeadLetter, Replies, ReplyTopics
 from shared.engine import Engine, TargetAllowlist, TlsConfig
 from shared.errors import BrokerUnavailable, ErrorCode, InvalidEnvelope, TopicMissing
 from shared.metrics import (
     WORKER_INFLIGHT,
+    WORKER_INTERNAL_ERRORS,
     WORKER_PARTITIONS_PAUSED,
     WORKER_TASKS_COMPLETED,
     WORKER_TASKS_RECEIVED,
 )
 from shared.models import CancelEnvelope, TaskEnvelope, TaskError, TaskResult
 from shared.settings import EngineSettings, KafkaSettings, WorkerSettings
-from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, decode_task
+from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, KafkaHeaders, decode_consumed_task, message_headers
 
 __all__ = ["Worker", "WorkerConfig"]
 
@@ -73,6 +76,8 @@ PAUSE_AFTER = 0.5
 #: and while none are. Reports only gate commits, which come every ``commit_interval``.
 DELIVERY_INTERVAL = 0.005
 DELIVERY_IDLE_INTERVAL = 0.1
+#: Seconds a runner waits after a failure between records before it takes the next one.
+RUNNER_RESTART_DELAY = 0.1
 
 
 @dataclass(frozen=True)
@@ -243,6 +248,18 @@ class Worker:
         # Looked up once: a cancel order finds the runners busy with its batch by their task.
         runner = asyncio.current_task()
         assert runner is not None
+        while True:
+            try:
+                await self._run_records(runner)
+                return
+            except Exception as exc:
+                # A runner that ended here would leave the worker one short for good.
+                log.error("a runner failed between records; it goes on", exc_info=exc)
+                WORKER_INTERNAL_ERRORS.inc()
+                # A failure that repeats must not spin the event loop.
+                await asyncio.sleep(RUNNER_RESTART_DELAY)
+
+    async def _run_records(self, runner: asyncio.Task[Any]) -> None:
         queue = self._queue
         while True:
             try:
@@ -252,32 +269,54 @@ class Worker:
                 record = await queue.get()
             if record is None:
                 return
-            self._backlog.took()
-            if self._draining:
-                # A record taken now never starts and is never marked done: the next owner runs it.
-                return
-            self._busy += 1
+            # Read once, and only here: see shared.wire.message_headers.
+            headers = message_headers(record.message)
             try:
-                await self._handle(record, runner)
-            finally:
-                self._busy -= 1
+                self._backlog.took()
+                if self._draining:
+                    # A record taken now never starts and is never marked done: the next owner runs it.
+                    return
+                self._busy += 1
+                try:
+                    await self._handle(record, headers, runner)
+                finally:
+                    self._busy -= 1
+            except Exception as exc:
+                await self._failed(record, headers, exc, None)
 
-    async def _handle(self, record: Record, runner: asyncio.Task[Any]) -> None:
+    async def _handle(self, record: Record, headers: KafkaHeaders | None, runner: asyncio.Task[Any]) -> None:
         if not self._tracker.is_current(record.key, record.epoch):
             # The partition was revoked while this waited; its next owner runs it.
             return
-        message = record.message
+        limit = self.config.worker.max_message_bytes
         try:
-            envelope = decode_task(message.value(), message.headers())
+            envelope = decode_consumed_task(record.message.value(), headers, max_message_bytes=limit)
         except InvalidEnvelope as exc:
-            await self._replies.dead_letter(record, exc)
+            await self._replies.dead_letter(record, headers, DeadLetter.invalid(exc))
             self._count(ErrorCode.INVALID_TASK.value)
             return
-        if envelope.batch_id in self._cancels:
-            result = _error_result(envelope, ErrorCode.CANCELLED)
-        else:
-            result = await self._execute(record, envelope, runner)
-        await self._reply(record, envelope, result)
+        try:
+            if envelope.batch_id in self._cancels:
+                result = _error_result(envelope, ErrorCode.CANCELLED)
+            else:
+                result = await self._execute(record, envelope, runner)
+            await self._reply(record, envelope, result)
+        except Exception as exc:
+            await self._failed(record, headers, exc, envelope)
+
+    async def _failed(
+        self, record: Record, headers: KafkaHeaders | None, exc: Exception, envelope: TaskEnvelope | None
+    ) -> None:
+        """End a record whose handling raised: a dead letter, and an ``internal`` result when the task was read."""
+        where = f"{record.key[0]}[{record.key[1]}]@{record.offset}"
+        log.error("handling %s failed; it goes to %s", where, DLQ_TOPIC, exc_info=exc)
+        WORKER_INTERNAL_ERRORS.inc()
+        try:
+            await self._replies.dead_letter(record, headers, DeadLetter.internal(exc, envelope))
+        except Exception as again:
+            log.error("could not dead-letter %s; it stays incomplete and runs again", where, exc_info=again)
+            return
+        self._count(ErrorCode.INTERNAL.value)
 
     async def _execute(self, record: Record, envelope: TaskEnvelope, runner: asyncio.Task[Any]) -> TaskResult:
         """Run the task on the engine; a cancel order for its batch, or the drain, cuts it."""

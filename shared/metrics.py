@@ -13,6 +13,7 @@ __all__ = [
     "HTTP_RETRIES",
     "WORKER_DLQ_RECORDS",
     "WORKER_INFLIGHT",
+    "WORKER_INTERNAL_ERRORS",
     "WORKER_PARTITIONS_PAUSED",
     "WORKER_PARTITION_LAG",
     "WORKER_PRODUCE_ERRORS",
@@ -38,7 +39,13 @@ WORKER_INFLIGHT = Gauge("trs_worker_tasks_inflight", "Tasks the worker is runnin
 WORKER_PARTITIONS_PAUSED = Gauge(
     "trs_worker_partitions_paused", "1 while the worker has paused its partitions for backpressure."
 )
-WORKER_DLQ_RECORDS = Counter("trs_worker_dlq_records_total", "Messages the worker sent to the dead-letter topic.")
+WORKER_DLQ_RECORDS = Counter(
+    "trs_worker_dlq_records_total", "Messages sent to the dead-letter topic, once the broker acknowledged each."
+)
+WORKER_INTERNAL_ERRORS = Counter(
+    "trs_worker_internal_errors_total",
+    "Unexpected exceptions while the worker handled a record; each is in its log with the traceback.",
+)
 WORKER_PRODUCE_ERRORS = Counter("trs_worker_produce_errors_total", "Result or DLQ records the broker rejected.")
 WORKER_RESULTS_DROPPED = Counter(
     "trs_worker_results_dropped_total", "Results dropped because their reply topic no longer exists."

@@ -31,6 +31,8 @@ from shared.redaction import redact, redact_headers, redact_url
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MAX_HEADER_LENGTH",
+    "MAX_REQUEST_HEADERS",
     "SCHEMA_VERSION",
     "CancelEnvelope",
     "ClientPolicy",
@@ -54,11 +56,27 @@ DEFAULT_TIMEOUT = 30.0
 #: Longest accepted service name; keeps every derived topic name under Kafka's 249 characters.
 MAX_SERVICE_NAME_LENGTH = 100
 
-_SERVICE_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
-_METHOD_RE = re.compile(r"^[A-Z]{1,20}$")
-_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-#: An http(s) URL with a host and no white space: scheme, optional user info, host, the rest.
-_PLAIN_HTTP_URL_RE = re.compile(r"(?i:https?)://(?:[^\s/?#@]*@)?[^\s/?#:@][^\s/?#@]*(?:[/?#]\S*)?\Z")
+#: Most headers a request may carry (Apache's default limit of request fields).
+MAX_REQUEST_HEADERS = 100
+#: Longest header accepted, name and value together, in characters (about what servers allow per header line).
+MAX_HEADER_LENGTH = 8192
+
+# Each pattern is matched with ``\Z``: ``$`` would also match before a trailing newline.
+_SERVICE_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")
+_METHOD_RE = re.compile(r"[A-Z]{1,20}\Z")
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+#: A header value holds no control character but tab (RFC 9110), and no lone surrogate, which no
+#: transport can encode.
+_HEADER_VALUE_RE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]*\Z")
+#: An http(s) URL with a host, no user info, and no white space or control character.
+_PLAIN_HTTP_URL_RE = re.compile(
+    r"(?i:https?)://[^\s\x00-\x1f\x7f/?#:@][^\s\x00-\x1f\x7f/?#@]*(?:[/?#][^\s\x00-\x1f\x7f]*)?\Z"
+)
+_URL_BAD_CHAR_RE = re.compile(r"[\s\x00-\x1f\x7f]")
+_URL_AUTHORITY_END_RE = re.compile(r"[/?#]")
+_URL_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,19}(?=:)")
+#: Kafka refuses these two topic names, though each matches the allowed characters.
+_RESERVED_TOPIC_NAMES = frozenset({".", ".."})
 
 _BINARY_AS_BASE64 = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 #: For every model that holds a request or a response: a validation error's text never echoes
@@ -91,31 +109,49 @@ ServiceName = Annotated[str, AfterValidator(normalize_service_name)]
 
 
 def url_problem(url: str) -> PydanticCustomError | None:
-    """What makes ``url`` unusable as a task's URL (not http or https, no host, white space), or ``None``."""
+    """What makes ``url`` unusable as a task's URL, or ``None``.
+
+    It must be http or https, with a host, and free of white space and control characters. User
+    info (``user:password@``) is refused: a password in a URL would sit in every task record,
+    dead letter and log line that carries the URL, while an ``Authorization`` header stays out of
+    them. No message repeats the URL, so none can leak what it carries.
+    """
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
-        return PydanticCustomError("url_scheme", "URL scheme must be http or https, got {url}", _shown(url))
-    host = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
-    if not host or host.startswith(":"):
-        return PydanticCustomError("url_host", "URL has no host: {url}", _shown(url))
-    if any(c in url for c in " \r\n\t"):
-        return PydanticCustomError("url_space", "URL contains whitespace: {url}", _shown(url))
+        shown = _URL_SCHEME_RE.match(url)
+        got = f", got {shown.group()!r}" if shown else ""
+        return PydanticCustomError("url_scheme", "URL scheme must be http or https{got}", {"got": got})
+    if _URL_BAD_CHAR_RE.search(url):
+        return PydanticCustomError("url_space", "URL contains white space or a control character")
+    authority = _URL_AUTHORITY_END_RE.split(rest, maxsplit=1)[0]
+    if "@" in authority:
+        return PydanticCustomError(
+            "url_userinfo",
+            "URL must not carry user info (user:password@): send credentials in an Authorization header",
+        )
+    if not authority or authority.startswith(":"):
+        return PydanticCustomError("url_host", "URL has no host")
     return None
-
-
-def _shown(url: str) -> dict[str, str]:
-    """The context of a URL error: the URL as it may be shown, without its password."""
-    return {"url": repr(redact_url(url))}
 
 
 def _check_header(header: Header) -> Header:
     name, value = header
+    if len(name) + len(value) > MAX_HEADER_LENGTH:
+        raise ValueError(f"header {_shown(name)} is over {MAX_HEADER_LENGTH} characters, name and value together")
     if not _HEADER_NAME_RE.match(name):
         # A whole "Name: value" line passed as a name would show its value.
-        raise ValueError(f"header name {redact(repr(name))} is not a valid HTTP token")
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise ValueError(f"header {name!r} has a CR, LF or NUL in its value")
+        raise ValueError(f"header name {redact(_shown(name))} is not a valid HTTP token")
+    # Printable ASCII, the usual value, passes without the regular expression.
+    if not (value.isascii() and value.isprintable()) and not _HEADER_VALUE_RE.match(value):
+        raise ValueError(
+            f"header {name!r} has a CR, LF or NUL, another control character or a lone surrogate in its value"
+        )
     return header
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``text`` quoted for an error message, cut at ``limit`` characters so hostile input stays short."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}..."
 
 
 RequestHeader = Annotated[Header, AfterValidator(_check_header)]
@@ -128,7 +164,7 @@ class HttpRequest(BaseModel):
 
     method: str = "GET"
     url: str
-    headers: list[RequestHeader] = Field(default_factory=list)
+    headers: list[RequestHeader] = Field(default_factory=list, max_length=MAX_REQUEST_HEADERS)
     body: bytes = b""
 
     @field_validator("method")
@@ -136,7 +172,7 @@ class HttpRequest(BaseModel):
     def _method_is_token(cls, method: str) -> str:
         upper = method.upper()
         if not _METHOD_RE.match(upper):
-            raise ValueError(f"method {method!r} is not an HTTP method")
+            raise ValueError(f"method {_shown(method)} is not an HTTP method")
         return upper
 
     @field_validator("url")
@@ -311,6 +347,13 @@ class TaskEnvelope(BaseModel):
     reply_topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
     deadline: AwareDatetime
     task: Task
+
+    @field_validator("reply_topic")
+    @classmethod
+    def _reply_topic_is_legal(cls, topic: str) -> str:
+        if topic in _RESERVED_TOPIC_NAMES:
+            raise ValueError(f"{topic!r} is not a legal Kafka topic name")
+        return topic
 
     @property
     def task_id(self) -> uuid.UUID:

@@ -5,19 +5,27 @@ Topic names:
 * request topic ``trs-<service>-http-v1-send``: tasks, consumed by the worker group;
 * reply topic ``trs-<service>-http-v1-rcv-<batch>``: one per batch, read by its client;
 * ``trs-control``: cancel orders, read by every worker outside the group;
-* ``trs-dlq``: messages that could not be decoded, with the reason in a header.
+* ``trs-dlq``: messages that could not be decoded or handled, with the reason in a header.
+
+A dead-letter record keeps the original value, key and headers, within bounds: a value too big for
+the worker's message limit is replaced by its size and SHA-256 digest, a key longer than
+``DLQ_MAX_KEY_BYTES`` by its digest, and original headers past ``DLQ_MAX_HEADERS`` or the header
+byte budget are left out and counted; each change is said in a ``trs-dlq-*`` header.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+import pydantic_core
 from pydantic import BaseModel, ValidationError
 
 from shared.errors import InvalidEnvelope
@@ -34,25 +42,35 @@ __all__ = [
     "DLQ_TOPIC",
     "HEADER_BATCH_ID",
     "HEADER_CONTENT_TYPE",
+    "HEADER_DLQ_HEADERS_DROPPED",
+    "HEADER_DLQ_KEY_SIZE",
     "HEADER_DLQ_OFFSET",
     "HEADER_DLQ_PARTITION",
     "HEADER_DLQ_REASON",
     "HEADER_DLQ_TOPIC",
+    "HEADER_DLQ_VALUE_SHA256",
+    "HEADER_DLQ_VALUE_SIZE",
     "HEADER_SCHEMA",
     "HEADER_TASK_ID",
+    "MAX_TASK_HEADERS",
     "REPLY_TOPIC_PREFIX_RE",
     "REQUEST_TOPIC_PATTERN",
+    "ConsumedMessage",
+    "DeadLetterRecord",
     "KafkaHeaders",
     "batch_of_reply_topic",
     "batch_times",
     "dead_letter_headers",
+    "dead_letter_record",
     "decode_cancel",
+    "decode_consumed_task",
     "decode_result",
     "decode_task",
     "encode_cancel",
     "encode_result",
     "encode_task",
     "header_value",
+    "message_headers",
     "new_batch_id",
     "reply_topic",
     "request_topic",
@@ -76,6 +94,22 @@ HEADER_DLQ_REASON = "trs-dlq-reason"
 HEADER_DLQ_TOPIC = "trs-dlq-topic"
 HEADER_DLQ_PARTITION = "trs-dlq-partition"
 HEADER_DLQ_OFFSET = "trs-dlq-offset"
+HEADER_DLQ_HEADERS_DROPPED = "trs-dlq-headers-dropped"
+HEADER_DLQ_VALUE_SIZE = "trs-dlq-value-size"
+HEADER_DLQ_VALUE_SHA256 = "trs-dlq-value-sha256"
+HEADER_DLQ_KEY_SIZE = "trs-dlq-key-size"
+
+#: Most headers a task message may carry; TRS's own client sets five at most.
+MAX_TASK_HEADERS = 64
+#: Most original headers a dead-letter record keeps, and most bytes they may take together.
+DLQ_MAX_HEADERS = 64
+DLQ_MAX_HEADER_BYTES = 16_384
+#: Longest key a dead-letter record keeps as it is; a longer one becomes its SHA-256 digest.
+DLQ_MAX_KEY_BYTES = 1024
+#: Longest reason a dead-letter record carries, in characters.
+DLQ_MAX_REASON_CHARS = 1000
+#: The reason of a message whose headers the Kafka client can't read (a name that isn't UTF-8).
+UNREADABLE_HEADERS = "headers: the Kafka client could not read them (a header name that is not UTF-8)"
 
 CONTENT_TYPE = b"application/json"
 _SCHEMA_BYTES = str(SCHEMA_VERSION).encode()
@@ -83,6 +117,12 @@ _SCHEMA_BYTES = str(SCHEMA_VERSION).encode()
 KafkaHeaders = list[tuple[str, str | bytes | None]]
 HeadersIn = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None
 _Envelope = TypeVar("_Envelope", bound=BaseModel)
+
+
+class ConsumedMessage(Protocol):
+    """What ``message_headers`` needs of a consumed Kafka message (``confluent_kafka.Message`` has it)."""
+
+    def headers(self) -> HeadersIn: ...
 
 
 def request_topic(service_name: str) -> str:
@@ -120,26 +160,114 @@ def batch_of_reply_topic(topic: str) -> str | None:
 
 
 def dead_letter_headers(
-    reason: str, *, topic: str, partition: int, offset: int, original: HeadersIn = None
+    reason: str, *, topic: str, partition: int, offset: int, original: HeadersIn = None, budget: int | None = None
 ) -> KafkaHeaders:
-    """The headers of a dead-letter record: the original ones, then the reason and the source."""
-    pairs = original.items() if isinstance(original, Mapping) else original or ()
-    headers: KafkaHeaders = [(key, value) for key, value in pairs if not key.startswith("trs-dlq-")]
+    """The headers of a dead-letter record: the original ones that fit, then the reason and the source.
+
+    Original headers are kept in order while there are at most ``DLQ_MAX_HEADERS`` of them within
+    ``budget`` bytes (``DLQ_MAX_HEADER_BYTES`` unless smaller); how many were left out goes in
+    ``trs-dlq-headers-dropped``. The reason is cut at ``DLQ_MAX_REASON_CHARS``.
+    """
+    budget = DLQ_MAX_HEADER_BYTES if budget is None else min(budget, DLQ_MAX_HEADER_BYTES)
+    headers: KafkaHeaders = []
+    dropped = 0
+    for key, value in _pairs(original):
+        if key.startswith("trs-dlq-"):
+            continue
+        size = _header_size(key, value)
+        if len(headers) < DLQ_MAX_HEADERS and size <= budget:
+            headers.append((key, value))
+            budget -= size
+        else:
+            dropped += 1
+    if len(reason) > DLQ_MAX_REASON_CHARS:
+        reason = reason[: DLQ_MAX_REASON_CHARS - 3] + "..."
     headers += [
-        (HEADER_DLQ_REASON, reason.encode()),
+        (HEADER_DLQ_REASON, reason.encode(errors="replace")),
         (HEADER_DLQ_TOPIC, topic.encode()),
         (HEADER_DLQ_PARTITION, str(partition).encode()),
         (HEADER_DLQ_OFFSET, str(offset).encode()),
     ]
+    if dropped:
+        headers.append((HEADER_DLQ_HEADERS_DROPPED, str(dropped).encode()))
     return headers
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    """What goes to ``trs-dlq`` for one message."""
+
+    value: bytes
+    key: bytes | None
+    headers: KafkaHeaders
+
+
+def dead_letter_record(
+    reason: str,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    value: bytes | None,
+    key: bytes | None,
+    original: HeadersIn,
+    max_message_bytes: int,
+) -> DeadLetterRecord:
+    """The dead-letter record of a message, kept within ``max_message_bytes``.
+
+    Headers get a quarter of the limit at most. A key over ``DLQ_MAX_KEY_BYTES`` becomes the hex
+    SHA-256 of itself, with its size in ``trs-dlq-key-size``. A value that doesn't fit in what is
+    left becomes ``{"size": ..., "sha256": ...}``, with both also in ``trs-dlq-value-size`` and
+    ``trs-dlq-value-sha256``: a broker would refuse the record whole, and it would be lost.
+    """
+    headers = dead_letter_headers(
+        reason, topic=topic, partition=partition, offset=offset, original=original, budget=max_message_bytes // 4
+    )
+    if (key is not None) and len(key) > DLQ_MAX_KEY_BYTES:
+        headers.append((HEADER_DLQ_KEY_SIZE, str(len(key)).encode()))
+        key = hashlib.sha256(key).hexdigest().encode()
+    value = value or b""
+    room = max_message_bytes - len(key or b"") - sum(_header_size(k, v) for k, v in headers)
+    if len(value) > room:
+        digest = hashlib.sha256(value).hexdigest()
+        headers += [(HEADER_DLQ_VALUE_SIZE, str(len(value)).encode()), (HEADER_DLQ_VALUE_SHA256, digest.encode())]
+        value = json.dumps({"size": len(value), "sha256": digest}).encode()
+    return DeadLetterRecord(value, key, headers)
+
+
+def _pairs(headers: HeadersIn) -> KafkaHeaders:
+    return list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    # Never raises: a str that came from outside may hold lone surrogates.
+    return value.encode(errors="surrogatepass") if isinstance(value, str) else value
+
+
+def _header_size(key: str, value: str | bytes | None) -> int:
+    return len(_as_bytes(key)) + (0 if value is None else len(_as_bytes(value)))
+
+
+def message_headers(message: ConsumedMessage) -> KafkaHeaders | None:
+    """A consumed message's headers (``[]`` when it has none), or ``None`` when they can't be read.
+
+    Call it once per message, and pass on what it returns. confluent-kafka decodes header names as
+    UTF-8 and raises ``SystemError`` for one that isn't, but keeps the half-built list: a second
+    ``headers()`` returns it, and touching it crashes the process (SIGSEGV).
+    """
+    try:
+        return _pairs(message.headers())
+    except Exception:
+        return None
 
 
 def header_value(headers: HeadersIn, name: str) -> bytes | None:
     """The first value of Kafka header ``name``, or ``None``."""
+    # Asked of every message, so the pairs are not copied.
     pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
     for key, value in pairs:
         if key == name:
-            return value.encode() if isinstance(value, str) else value
+            return None if value is None else _as_bytes(value)
     return None
 
 
@@ -176,13 +304,16 @@ def encode_cancel(envelope: CancelEnvelope) -> tuple[bytes, KafkaHeaders]:
 def _check_schema_header(headers: HeadersIn) -> None:
     schema = header_value(headers, HEADER_SCHEMA)
     if schema is not None and schema != _SCHEMA_BYTES:
-        raise InvalidEnvelope(f"trs-schema: unknown schema version {schema.decode(errors='replace')!r}")
+        shown = schema[:20].decode(errors="replace") + ("..." if len(schema) > 20 else "")
+        raise InvalidEnvelope(f"trs-schema: unknown schema version {shown!r}")
 
 
 def _salvage(value: bytes) -> tuple[str | None, str | None]:
     """The reply topic and task id of a message that failed validation, if they can be read."""
     try:
-        raw: Any = json.loads(value)
+        # pydantic-core's parser limits nesting and raises ValueError past it; json.loads would
+        # raise RecursionError on deep nesting, which nothing here expects.
+        raw: Any = pydantic_core.from_json(value)
     except ValueError:
         return None, None
     if not isinstance(raw, dict):
@@ -227,13 +358,37 @@ def _decode(model: type[_Envelope], value: bytes | None) -> _Envelope:
 
 
 def decode_task(value: bytes | None, headers: HeadersIn = None) -> TaskEnvelope:
-    """A task envelope from a Kafka message; raises ``InvalidEnvelope`` with the reason."""
+    """A task envelope from a Kafka message; raises ``InvalidEnvelope`` with the reason, and nothing else."""
     try:
         _check_schema_header(headers)
     except InvalidEnvelope as exc:
-        reply, task_id = _salvage(value) if value is not None else (None, None)
-        raise InvalidEnvelope(exc.reason, reply_topic=reply, task_id=task_id) from None
+        raise _salvaged(exc.reason, value) from None
     return _decode(TaskEnvelope, value)
+
+
+def decode_consumed_task(
+    value: bytes | None, headers: KafkaHeaders | None, *, max_message_bytes: int | None = None
+) -> TaskEnvelope:
+    """A task envelope from a consumed message's value and the headers ``message_headers`` read
+    (``None``: unreadable); raises ``InvalidEnvelope`` with the reason, and nothing else.
+
+    Besides what ``decode_task`` checks, the headers must be readable and at most
+    ``MAX_TASK_HEADERS``, and the value and headers together at most ``max_message_bytes``.
+    """
+    if headers is None:
+        raise _salvaged(UNREADABLE_HEADERS, value)
+    if len(headers) > MAX_TASK_HEADERS:
+        raise _salvaged(f"headers: {len(headers)}, over the limit of {MAX_TASK_HEADERS}", value)
+    if max_message_bytes is not None:
+        size = len(value or b"") + sum(_header_size(k, v) for k, v in headers)
+        if size > max_message_bytes:
+            raise _salvaged(f"message: {size} bytes, over the limit of {max_message_bytes}", value)
+    return decode_task(value, headers)
+
+
+def _salvaged(reason: str, value: bytes | None) -> InvalidEnvelope:
+    reply, task_id = _salvage(value) if value is not None else (None, None)
+    return InvalidEnvelope(reason, reply_topic=reply, task_id=task_id)
 
 
 def decode_result(value: bytes | None, headers: HeadersIn = None) -> ResultEnvelope:

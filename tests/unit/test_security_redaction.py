@@ -104,7 +104,8 @@ def test_text_without_credentials_is_unchanged(text: str) -> None:
 
 
 def _request() -> HttpRequest:
-    return HttpRequest(
+    # Validation refuses a URL with user info; built without it, the repr must still hide the password.
+    return HttpRequest.model_construct(
         url=f"http://user:{SECRET}-url@127.0.0.1/x",
         headers=[("Authorization", f"Bearer {SECRET}-auth"), ("X-API-Key", f"{SECRET}-key"), ("Accept", "a/b")],
     )
