@@ -89,12 +89,19 @@ class ReplyReader:
     def _run_commands(self) -> None:
         while self._commands:
             call, partitions, done = self._commands.popleft()
+            # The caller may cancel its wait (a cleanup cancels pending deletions), but the
+            # assignment must change all the same; only the answer is dropped then.
+            waited_for = done.set_running_or_notify_cancel()
             try:
                 call(partitions)
             except Exception as exc:
-                done.set_exception(exc)
+                if waited_for:
+                    done.set_exception(exc)
+                else:
+                    log.error("changing the reply topics' assignment failed: %s", exc)
             else:
-                done.set_result(None)
+                if waited_for:
+                    done.set_result(None)
 
     def close(self) -> None:
         """Stop the thread and close the consumer. Blocks for up to one round."""
