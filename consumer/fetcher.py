@@ -34,7 +34,7 @@ from consumer.offsets import Commit, OffsetTracker, TopicPartitionKey
 from shared.errors import InvalidEnvelope, TopicMissing
 from shared.metrics import WORKER_PARTITION_LAG
 from shared.models import CancelEnvelope
-from shared.wire import CONTROL_TOPIC, decode_cancel
+from shared.wire import CONTROL_KIND_CANCEL, CONTROL_TOPIC, control_kind, decode_cancel
 
 __all__ = ["Fetcher", "FetcherConfig", "Record"]
 
@@ -278,6 +278,9 @@ class Fetcher:
         for message in self._control.consume(CONTROL_BATCH, 0):
             if message.error() is not None:
                 self._log_consume_error(message.error())
+                continue
+            if control_kind(message.headers()) != CONTROL_KIND_CANCEL:
+                # Release notices and any later kind are for clients; a worker acts on cancel orders only.
                 continue
             try:
                 order = decode_cancel(message.value(), message.headers())
