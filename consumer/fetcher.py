@@ -34,7 +34,7 @@ from consumer.offsets import Commit, OffsetTracker, TopicPartitionKey
 from shared.errors import InvalidEnvelope, TopicMissing
 from shared.metrics import WORKER_PARTITION_LAG
 from shared.models import CancelEnvelope
-from shared.wire import CONTROL_TOPIC, decode_cancel
+from shared.wire import CONTROL_KIND_CANCEL, CONTROL_TOPIC, control_kind, decode_cancel, message_headers
 
 __all__ = ["Fetcher", "FetcherConfig", "Record"]
 
@@ -279,8 +279,15 @@ class Fetcher:
             if message.error() is not None:
                 self._log_consume_error(message.error())
                 continue
+            headers = message_headers(message)
+            if headers is None:
+                log.warning("ignored a record on %s at offset %s: unreadable headers", CONTROL_TOPIC, message.offset())
+                continue
+            if control_kind(headers) != CONTROL_KIND_CANCEL:
+                # Release notices and any later kind are for clients; a worker acts on cancel orders only.
+                continue
             try:
-                order = decode_cancel(message.value(), message.headers())
+                order = decode_cancel(message.value(), headers)
             except InvalidEnvelope as exc:
                 log.warning("ignored a bad record on %s at offset %s: %s", CONTROL_TOPIC, message.offset(), exc)
                 continue

@@ -169,7 +169,9 @@ def topics_init(services: tuple[str, ...], partitions: int, bootstrap_servers: s
 def topics_gc(older_than: timedelta, dry_run: bool, bootstrap_servers: str | None) -> None:
     """Delete reply topics orphaned by clients that never closed their batches.
 
-    A live batch's topic is never deleted: its name carries the batch's expiry.
+    A live batch's topic is never deleted: its name carries the batch's expiry. Before deleting,
+    it names the topics in a release notice on trs-control and waits a second, so that a client
+    still reading one (a clock ahead of the client's) lets go of it first.
     """
     admin = TopicAdmin(_kafka(bootstrap_servers).librdkafka_config())
     try:

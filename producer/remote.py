@@ -4,7 +4,8 @@ For each batch, ``start``:
 
 1. checks that the service's request topic exists (it raises ``TopicMissing`` with the remedy
    rather than create it, since the workers would only find a new topic at their next metadata
-   refresh), then creates the batch's reply topic and assigns it to the reply reader;
+   refresh; checked at every launch, so a broker that came back without its topics is told at
+   once), then creates the batch's reply topic and assigns it to the reply reader;
 2. starts the batch's publisher, which sends each task to the request topic while the runner has
    fewer than ``max_inflight`` tasks out, so the limit means the same as in local mode. A task whose
    deadline passed while it waited for a slot ends ``expired`` without being sent;
@@ -15,6 +16,10 @@ Results arrive from the reply reader, are deduplicated by ``Batch.deliver`` (del
 once) and free their task's slot. ``cancel`` publishes an order to ``trs-control``, which every
 worker reads, then ends the open tasks ``cancelled``. ``close`` also deletes the reply topic.
 Every blocking Kafka call runs in a thread and is bounded by ``request_timeout``.
+
+A reply topic deleted while its batch runs (by ``trs topics gc``, after its release notice, see
+``producer.reply_reader``) ends the batch's open tasks ``no_result`` at their deadline plus grace,
+like any result that never comes; the runner and its other batches go on.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import math
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -99,6 +105,9 @@ def reply_consumer_config(kafka: KafkaSettings) -> dict[str, object]:
             # once anyway, and one that doesn't (the embedded broker) answers within this.
             "fetch.wait.max.ms": 5,
             "fetch.error.backoff.ms": 50,
+            # A reply topic re-created under the reader (a broker that lost its data, and workers
+            # producing again) starts at offset 0 again: read it all, duplicates are dropped.
+            "auto.offset.reset": "earliest",
         }
     )
     return config
@@ -118,9 +127,25 @@ class _RemoteBatch:
     #: Done once the reply reader stopped reading the topic, and when that was.
     unassigned: Future[None] | None = None
     unassigned_at: float | None = None
+    #: Whether the broker refused a task message of the batch; only the first refusal is logged.
+    publish_failed: bool = False
 
     def deadline(self, task: Task) -> datetime:
         return self.launched_wall + timedelta(seconds=task.timeout)
+
+    def delivered(self, error: KafkaError | None, message: Message) -> None:
+        """The producer's delivery report of one task message."""
+        if error is None or self.publish_failed:
+            return
+        # One line per batch, not one per task: a broker that lost the topic refuses them all.
+        self.publish_failed = True
+        log.error(
+            "could not publish a task of batch %s to %s: %s; tasks not published end no_result "
+            "at their deadline plus grace",
+            self.batch.id,
+            message.topic(),
+            error.str(),
+        )
 
 
 class RemoteBackend(Backend):
@@ -149,7 +174,6 @@ class RemoteBackend(Backend):
         self._admin = TopicAdmin(kafka.librdkafka_config(), timeout=request_timeout)
         self._producer: Producer | None = None
         self._reader: ReplyReader | None = None
-        self._request_topic_checked = False
 
     @property
     def result_grace(self) -> float:
@@ -175,14 +199,12 @@ class RemoteBackend(Backend):
         ]
 
     def _prepare(self, reply: TopicSpec) -> None:
-        """Check the request topic (once per runner) and create the reply topic. Blocking."""
-        if not self._request_topic_checked:
-            if not self._admin.exists(self._request_topic):
-                raise TopicMissing(
-                    f"request topic {self._request_topic} does not exist: "
-                    f"create it with 'trs topics init --service {self._service}'"
-                )
-            self._request_topic_checked = True
+        """Check the request topic and create the reply topic. Blocking."""
+        if not self._admin.exists(self._request_topic):
+            raise TopicMissing(
+                f"request topic {self._request_topic} does not exist: "
+                f"create it with 'trs topics init --service {self._service}'"
+            )
         self._admin.create(reply)
 
     def _reader_started(self) -> ReplyReader:
@@ -219,16 +241,22 @@ class RemoteBackend(Backend):
             envelope = TaskEnvelope(batch_id=batch.id, reply_topic=state.reply_topic, deadline=deadline, task=task)
             value, headers = encode_task(envelope)
             state.out.add(task.id)
-            await self._produce(producer, self._request_topic, value, headers, self._key(task))
+            await self._produce(producer, self._request_topic, value, headers, self._key(task), state.delivered)
         # Serve the last delivery reports, so a failure is logged.
         await asyncio.to_thread(producer.flush, self._timeout)
 
     async def _produce(
-        self, producer: Producer, topic: str, value: bytes, headers: list[tuple[str, str | bytes | None]], key: str
+        self,
+        producer: Producer,
+        topic: str,
+        value: bytes,
+        headers: list[tuple[str, str | bytes | None]],
+        key: str,
+        on_delivery: Callable[[KafkaError | None, Message], None],
     ) -> None:
         while True:
             try:
-                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=_log_failed_delivery)
+                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
                 break
             except BufferError:
                 producer.poll(0)
@@ -280,11 +308,16 @@ class RemoteBackend(Backend):
         longest = max(state.deadline(t) for t in batch.tasks) if batch.tasks else datetime.now(UTC)
         value, headers = encode_cancel(CancelEnvelope(batch_id=batch.id, deadline=longest))
         producer = self._producer_started()
-        await self._produce(producer, CONTROL_TOPIC, value, headers, batch.id)
+        refused: list[str] = []
+        await self._produce(producer, CONTROL_TOPIC, value, headers, batch.id, _errors_into(refused))
         undelivered = await asyncio.to_thread(producer.flush, self._timeout)
         batch.fail_pending(ErrorCode.CANCELLED)
         self._release_all(state)
         self._retire(state)
+        if refused:
+            raise BrokerUnavailable(
+                f"the cancel order of batch {batch.id} was refused: {refused[0]}; its queued tasks may still run"
+            )
         if undelivered:
             raise BrokerUnavailable(
                 f"the cancel order of batch {batch.id} was not acknowledged within {self._timeout:g} s; "
@@ -305,7 +338,7 @@ class RemoteBackend(Backend):
     async def _delete_when_settled(self, state: _RemoteBatch) -> None:
         """Delete the reply topic once no fetch of the reply reader can name it any more.
 
-        librdkafka (2.4 and later) can crash on a fetch response for a partition of a topic it
+        librdkafka (2.5 and later) can crash on a fetch response for a partition of a topic it
         no longer knows when the broker adds a leader hint to the partition's error, as the
         embedded broker does for a deleted topic. So the topic goes only once fetches sent before
         the reader let go of it have had ample time to come back; ``close`` doesn't wait for that.
@@ -388,7 +421,11 @@ def _error(task: Task, code: ErrorCode) -> TaskResult:
     return TaskResult(task_id=task.id, error=TaskError.of(code))
 
 
-def _log_failed_delivery(error: KafkaError | None, message: Message) -> None:
-    if error is not None:
-        # The task's deadline watch ends it no_result; the cause is here.
-        log.error("could not publish a task to %s: %s", message.topic(), error.str())
+def _errors_into(errors: list[str]) -> Callable[[KafkaError | None, Message], None]:
+    """A delivery callback that keeps the text of a failed delivery in ``errors``."""
+
+    def delivered(error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            errors.append(error.str())
+
+    return delivered

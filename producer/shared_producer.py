@@ -36,16 +36,23 @@ def shared_producer(config: dict[str, Any]) -> Producer:
         return producer
 
 
-def close_shared_producers(timeout: float = FLUSH_AT_EXIT_TIMEOUT) -> None:
+def close_shared_producers(timeout: float = FLUSH_AT_EXIT_TIMEOUT, *, bootstrap_servers: str | None = None) -> None:
     """Deliver what the shared producers hold, within ``timeout``, and close them.
 
-    For a process that is done with Kafka before it exits; a later remote runner starts afresh.
+    For a process that is done with Kafka, or with the cluster at ``bootstrap_servers``, before
+    it exits (a producer left to a stopped broker reconnects and logs until the exit); a later
+    remote runner starts afresh.
     """
     with _lock:
-        for producer in _producers.values():
-            producer.flush(timeout)
-            producer.close()
-        _producers.clear()
+        for key, producer in list(_producers.items()):
+            if bootstrap_servers is None or ("bootstrap.servers", bootstrap_servers) in key:
+                if producer.flush(timeout):
+                    # What the broker didn't take in time (a topic it lost, say) is dropped here:
+                    # close() flushes again, and would wait for it on its own clock.
+                    producer.purge()
+                    producer.poll(0)
+                producer.close()
+                del _producers[key]
 
 
 def _flush_all() -> None:

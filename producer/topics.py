@@ -6,23 +6,35 @@ Every call is blocking and bounded by ``timeout``; async callers run them in a t
 * ``create_reply_topic`` / ``delete``: a batch's reply topic, made by ``launch`` and removed by ``close``.
 * ``collect_garbage``: reply topics whose batch has expired and that are older than a given age,
   left behind by clients that crashed before ``close``. A reply topic's name carries its batch's
-  creation and expiry times (``shared.wire.new_batch_id``), so a live batch's topic is never taken.
+  creation and expiry times (``shared.wire.new_batch_id``), so a live batch's topic is never taken
+  by a gc whose clock is right. Should one be taken all the same (a skewed clock), ``release``
+  first: a notice on ``trs-control`` names the topics, and a client still reading one lets go of
+  it before it goes, since a deletion under a reader can crash librdkafka (``producer.reply_reader``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic  # type: ignore[attr-defined]
 
-from shared.errors import BrokerUnavailable
-from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, REPLY_TOPIC_PREFIX_RE, batch_times, request_topic
+from shared.errors import BrokerUnavailable, TopicMissing
+from shared.models import ReleaseNotice
+from shared.wire import (
+    CONTROL_TOPIC,
+    DLQ_TOPIC,
+    REPLY_TOPIC_PREFIX_RE,
+    batch_times,
+    encode_release,
+    request_topic,
+)
 
 __all__ = ["DEFAULT_REQUEST_PARTITIONS", "TopicAdmin", "TopicSpec"]
 
@@ -40,6 +52,14 @@ DLQ_RETENTION = timedelta(days=7)
 REQUEST_RETENTION = timedelta(days=1)
 #: Seconds an admin call may take.
 DEFAULT_TIMEOUT = 10.0
+#: Seconds between a release notice's acknowledgement and the deletion. A reader lets go within
+#: a round of reading the notice (milliseconds), and must then send no fetch naming the topic
+#: for 0.05 s; the rest is room for a reader that is slow to get there.
+RELEASE_WAIT = 1.0
+#: Most reply topics one release notice names, which keeps a notice far below Kafka's 1 MB.
+TOPICS_PER_NOTICE = 200
+#: A batch id keeps its expiry in whole seconds, rounded down: a batch may run this much longer.
+EXPIRY_ROUNDING = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,7 @@ class TopicAdmin:
         # Asking whether a topic exists must not create it, as a broker with topic
         # auto-creation on does for a client that allows it (librdkafka's default here).
         self._handle: AdminClient | None = AdminClient({**config, "allow.auto.create.topics": False})
+        self._config = config
         self._timeout = timeout
         self._servers = str(config.get("bootstrap.servers", ""))
 
@@ -150,13 +171,58 @@ class TopicAdmin:
             if times is None:
                 continue
             created, expires = times
-            if expires < now and created < now - older_than:
+            if expires + EXPIRY_ROUNDING < now and created < now - older_than:
                 found.append(topic)
         return found
 
+    def release(self, topics: list[str]) -> None:
+        """Tell clients that ``topics`` are about to be deleted, and give them ``RELEASE_WAIT`` to let go.
+
+        Raises ``TopicMissing`` without ``trs-control``, and ``BrokerUnavailable`` when the notice
+        isn't acknowledged within the timeout: then nothing may be deleted.
+        """
+        if not self.exists(CONTROL_TOPIC):
+            raise TopicMissing(
+                f"topic {CONTROL_TOPIC} does not exist, so no client can be told to let go of a reply topic "
+                "before it is deleted: create it with 'trs topics init'"
+            )
+        problem = self._publish_release(topics)
+        if problem is not None:
+            raise BrokerUnavailable(f"could not publish the release notice to {CONTROL_TOPIC}: {problem}")
+        time.sleep(RELEASE_WAIT)
+
+    def _publish_release(self, topics: list[str]) -> str | None:
+        """Publish the release notices of ``topics``; what went wrong, or ``None`` once all are acknowledged."""
+        failures: list[str] = []
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            if error is not None:
+                failures.append(error.str())
+
+        producer = Producer({**self._config, "allow.auto.create.topics": False, "acks": "all", "linger.ms": 0})
+        for start in range(0, len(topics), TOPICS_PER_NOTICE):
+            value, headers = encode_release(ReleaseNotice(topics=topics[start : start + TOPICS_PER_NOTICE]))
+            try:
+                producer.produce(CONTROL_TOPIC, value=value, headers=headers, on_delivery=delivered)
+            except KafkaException as exc:
+                failures.append(exc.args[0].str())
+        unsent = producer.flush(self._timeout)
+        refused = failures[:1]
+        if unsent:
+            # Given up: close() would otherwise flush them again, on its own clock.
+            producer.purge()
+            producer.poll(0)
+        producer.close()
+        if refused:
+            return refused[0]
+        return f"not acknowledged within {self._timeout:g} s" if unsent else None
+
     def collect_garbage(self, older_than: timedelta, *, now: datetime | None = None) -> list[str]:
-        """Delete the ``orphans``; returns their names."""
+        """Delete the ``orphans``, once their ``release`` went out; returns their names."""
         orphans = self.orphans(older_than, now=now)
+        if not orphans:
+            return []
+        self.release(orphans)
         deleted = self.delete(orphans)
         for topic in deleted:
             log.info("deleted orphaned reply topic %s", topic)

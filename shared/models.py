@@ -38,6 +38,7 @@ __all__ = [
     "ClientPolicy",
     "HttpRequest",
     "HttpResponse",
+    "ReleaseNotice",
     "ResultEnvelope",
     "RetryPolicy",
     "ServiceName",
@@ -377,4 +378,16 @@ class CancelEnvelope(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     batch_id: str = Field(min_length=1, max_length=64)
     deadline: AwareDatetime
+    issued_at: AwareDatetime = Field(default_factory=utc_now)
+
+
+class ReleaseNotice(BaseModel):
+    """A notice on the control topic: these reply topics are about to be deleted.
+
+    A client still reading one of them lets go of it first, because a fetch for a topic deleted
+    under the reader can crash librdkafka (see ``producer.reply_reader``).
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    topics: list[Annotated[str, Field(min_length=1, max_length=249)]] = Field(min_length=1, max_length=500)
     issued_at: AwareDatetime = Field(default_factory=utc_now)

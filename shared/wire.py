@@ -4,7 +4,8 @@ Topic names:
 
 * request topic ``trs-<service>-http-v1-send``: tasks, consumed by the worker group;
 * reply topic ``trs-<service>-http-v1-rcv-<batch>``: one per batch, read by its client;
-* ``trs-control``: cancel orders, read by every worker outside the group;
+* ``trs-control``: cancel orders, read by every worker outside the group, and release notices
+  (reply topics about to be deleted), read by clients; the ``trs-kind`` header tells them apart;
 * ``trs-dlq``: messages that could not be decoded or handled, with the reason in a header.
 
 A dead-letter record keeps the original value, key and headers, within bounds: a value too big for
@@ -32,12 +33,15 @@ from shared.errors import InvalidEnvelope
 from shared.models import (
     SCHEMA_VERSION,
     CancelEnvelope,
+    ReleaseNotice,
     ResultEnvelope,
     TaskEnvelope,
     normalize_service_name,
 )
 
 __all__ = [
+    "CONTROL_KIND_CANCEL",
+    "CONTROL_KIND_RELEASE",
     "CONTROL_TOPIC",
     "DLQ_TOPIC",
     "HEADER_BATCH_ID",
@@ -50,6 +54,7 @@ __all__ = [
     "HEADER_DLQ_TOPIC",
     "HEADER_DLQ_VALUE_SHA256",
     "HEADER_DLQ_VALUE_SIZE",
+    "HEADER_KIND",
     "HEADER_SCHEMA",
     "HEADER_TASK_ID",
     "MAX_TASK_HEADERS",
@@ -60,13 +65,16 @@ __all__ = [
     "KafkaHeaders",
     "batch_of_reply_topic",
     "batch_times",
+    "control_kind",
     "dead_letter_headers",
     "dead_letter_record",
     "decode_cancel",
     "decode_consumed_task",
+    "decode_release",
     "decode_result",
     "decode_task",
     "encode_cancel",
+    "encode_release",
     "encode_result",
     "encode_task",
     "header_value",
@@ -110,6 +118,10 @@ DLQ_MAX_KEY_BYTES = 1024
 DLQ_MAX_REASON_CHARS = 1000
 #: The reason of a message whose headers the Kafka client can't read (a name that isn't UTF-8).
 UNREADABLE_HEADERS = "headers: the Kafka client could not read them (a header name that is not UTF-8)"
+#: What a record on ``trs-control`` is; a cancel order, the first kind, carries none.
+HEADER_KIND = "trs-kind"
+CONTROL_KIND_CANCEL = "cancel"
+CONTROL_KIND_RELEASE = "release"
 
 CONTENT_TYPE = b"application/json"
 _SCHEMA_BYTES = str(SCHEMA_VERSION).encode()
@@ -301,6 +313,22 @@ def encode_cancel(envelope: CancelEnvelope) -> tuple[bytes, KafkaHeaders]:
     return envelope.model_dump_json().encode(), _base_headers(envelope.batch_id, None, None)
 
 
+def encode_release(notice: ReleaseNotice) -> tuple[bytes, KafkaHeaders]:
+    """Value bytes and headers of a release notice."""
+    headers: KafkaHeaders = [
+        (HEADER_SCHEMA, _SCHEMA_BYTES),
+        (HEADER_CONTENT_TYPE, CONTENT_TYPE),
+        (HEADER_KIND, CONTROL_KIND_RELEASE.encode()),
+    ]
+    return notice.model_dump_json().encode(), headers
+
+
+def control_kind(headers: HeadersIn) -> str:
+    """What a record on ``trs-control`` is: ``CONTROL_KIND_CANCEL``, ``CONTROL_KIND_RELEASE`` or another."""
+    kind = header_value(headers, HEADER_KIND)
+    return CONTROL_KIND_CANCEL if kind is None else kind.decode(errors="replace")
+
+
 def _check_schema_header(headers: HeadersIn) -> None:
     schema = header_value(headers, HEADER_SCHEMA)
     if schema is not None and schema != _SCHEMA_BYTES:
@@ -401,3 +429,9 @@ def decode_cancel(value: bytes | None, headers: HeadersIn = None) -> CancelEnvel
     """A cancel order from a Kafka message; raises ``InvalidEnvelope`` with the reason."""
     _check_schema_header(headers)
     return _decode(CancelEnvelope, value)
+
+
+def decode_release(value: bytes | None, headers: HeadersIn = None) -> ReleaseNotice:
+    """A release notice from a Kafka message; raises ``InvalidEnvelope`` with the reason."""
+    _check_schema_header(headers)
+    return _decode(ReleaseNotice, value)
