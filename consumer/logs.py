@@ -15,6 +15,8 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
+from shared.kafka_logging import LIBRDKAFKA_LOGGER
+
 __all__ = ["REDACTED", "RedactingFilter", "configure_logging", "redact", "redact_headers"]
 
 REDACTED = "[redacted]"
@@ -91,5 +93,5 @@ def configure_logging(*, fmt: str = "json", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # librdkafka's own chatter arrives through the Kafka clients' logger at their level.
-    logging.getLogger("confluent_kafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    # librdkafka's own lines arrive through the Kafka clients' logger, folded; below WARNING they are chatter.
+    logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(max(logging.getLevelName(level), logging.WARNING))

@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic  # type: ignore[attr-defined]
 
 from shared.errors import BrokerUnavailable
+from shared.kafka_logging import with_kafka_logging
 from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, REPLY_TOPIC_PREFIX_RE, batch_times, request_topic
 
 __all__ = ["DEFAULT_REQUEST_PARTITIONS", "TopicAdmin", "TopicSpec"]
@@ -61,7 +62,8 @@ class TopicAdmin:
     def __init__(self, config: dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT) -> None:
         # Asking whether a topic exists must not create it, as a broker with topic
         # auto-creation on does for a client that allows it (librdkafka's default here).
-        self._handle: AdminClient | None = AdminClient({**config, "allow.auto.create.topics": False})
+        config = with_kafka_logging({**config, "allow.auto.create.topics": False})
+        self._handle: AdminClient | None = AdminClient(config)
         self._timeout = timeout
         self._servers = str(config.get("bootstrap.servers", ""))
 
