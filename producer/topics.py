@@ -94,6 +94,8 @@ class TopicAdmin:
         try:
             return self._admin.list_topics(topic, timeout=self._timeout)
         except KafkaException as exc:
+            # The admin's log lines wait in its queue until polled; they tell why no broker answered.
+            self._admin.poll(0)
             raise BrokerUnavailable(f"no Kafka broker answered at {self._servers} within {self._timeout:g} s") from exc
 
     def ensure(self, specs: Iterable[TopicSpec]) -> list[str]:
