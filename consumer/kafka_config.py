@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from shared.kafka_logging import with_kafka_logging
 from shared.settings import KafkaSettings, WorkerSettings
 
 __all__ = ["consumer_config", "control_config", "producer_config", "subscription"]
@@ -47,7 +48,7 @@ def consumer_config(kafka: KafkaSettings, worker: WorkerSettings) -> dict[str, A
     )
     if worker.instance_id:
         config["group.instance.id"] = worker.instance_id
-    return config
+    return with_kafka_logging(config)
 
 
 def control_config(kafka: KafkaSettings, worker: WorkerSettings) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def control_config(kafka: KafkaSettings, worker: WorkerSettings) -> dict[str, An
             "allow.auto.create.topics": False,
         }
     )
-    return config
+    return with_kafka_logging(config)
 
 
 def producer_config(kafka: KafkaSettings, worker: WorkerSettings) -> dict[str, Any]:
@@ -80,4 +81,4 @@ def producer_config(kafka: KafkaSettings, worker: WorkerSettings) -> dict[str, A
             "message.max.bytes": worker.max_message_bytes + 10_000,
         }
     )
-    return config
+    return with_kafka_logging(config)

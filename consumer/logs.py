@@ -13,6 +13,7 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
+from shared.kafka_logging import LIBRDKAFKA_LOGGER
 from shared.redaction import REDACTED, RedactingFilter, redact, redact_headers
 
 __all__ = ["REDACTED", "RedactingFilter", "configure_logging", "redact", "redact_headers"]
@@ -35,5 +36,5 @@ def configure_logging(*, fmt: str = "json", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # librdkafka's own chatter arrives through the Kafka clients' logger at their level.
-    logging.getLogger("confluent_kafka").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    # librdkafka's own lines arrive through the Kafka clients' logger, folded; below WARNING they are chatter.
+    logging.getLogger(LIBRDKAFKA_LOGGER).setLevel(max(logging.getLevelName(level), logging.WARNING))

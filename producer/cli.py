@@ -1,12 +1,14 @@
 """``trs``: run task files, manage TRS topics, and run a cluster on a laptop.
 
 Errors are one line on stderr and a non-zero exit code: 2 for bad usage or a missing file
-(click's own), 1 for a bad task file or a broker that doesn't answer.
+(click's own), 1 for a bad task file or a broker that doesn't answer. librdkafka's own lines never
+reach the terminal: the line for a broker that doesn't answer quotes the latest of them instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import signal
 import sys
@@ -27,13 +29,16 @@ from producer.shared_producer import close_shared_producers
 from producer.sync import event_loop_runner
 from producer.task_file import read_tasks
 from producer.topics import DEFAULT_REQUEST_PARTITIONS, TopicAdmin
-from shared.errors import TrsError
+from shared.errors import BrokerUnavailable, TrsError
+from shared.kafka_logging import kafka_logger
 from shared.models import HttpRequest, Task, TaskResult
 from shared.settings import KafkaSettings
 
 __all__ = ["main"]
 
 _DURATION_RE = re.compile(r"^(?P<amount>\d+(?:\.\d+)?)(?P<unit>[smhd]?)$")
+# librdkafka opens each line with the name of its thread, which tells a user nothing.
+_THREAD_PREFIX_RE = re.compile(r"^\[thrd:[^\]]*\]:\s*")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 bootstrap_option = click.option(
@@ -63,9 +68,42 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> timedel
         raise click.BadParameter(str(exc)) from None
 
 
+class _KafkaLines(logging.Handler):
+    """Keeps librdkafka's lines off the terminal, remembering the latest for a broker error to quote."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.latest: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args
+        text = str(args[2]) if isinstance(args, tuple) and len(args) == 3 else record.getMessage()
+        self.latest = _THREAD_PREFIX_RE.sub("", text)
+
+
+_kafka_lines = _KafkaLines()
+
+
+def _hold_kafka_lines() -> None:
+    logger = kafka_logger()
+    if _kafka_lines not in logger.handlers:
+        logger.addHandler(_kafka_lines)
+    logger.propagate = False
+    _kafka_lines.latest = None
+
+
+def _failure(exc: TrsError) -> click.ClickException:
+    """``exc`` as one line; for a broker that didn't answer, with what the Kafka client last said about it."""
+    message = str(exc)
+    if isinstance(exc, BrokerUnavailable) and _kafka_lines.latest is not None:
+        message = f"{message} (last client error: {_kafka_lines.latest})"
+    return click.ClickException(message)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 def main() -> None:
     """TRS, the Task Runner Service: run batches of HTTP tasks locally or through Kafka workers."""
+    _hold_kafka_lines()
 
 
 @main.command("run")
@@ -110,7 +148,7 @@ def run_batch(
     try:
         results = _run_on_loop(_stream(tasks, mode, service, output, options, console))
     except TrsError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _failure(exc) from None
     console.print(summary_table(outcome_counts(results), seconds=time.perf_counter() - started))
 
 
@@ -152,7 +190,9 @@ def topics_init(services: tuple[str, ...], partitions: int, bootstrap_servers: s
     admin = TopicAdmin(_kafka(bootstrap_servers).librdkafka_config())
     try:
         created = admin.init(services, partitions=partitions)
-    except (TrsError, ValueError) as exc:
+    except TrsError as exc:
+        raise _failure(exc) from None
+    except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"created {', '.join(created)}" if created else "every topic already exists")
 

@@ -47,6 +47,7 @@ from producer.shared_producer import shared_producer
 from producer.topics import TopicAdmin, TopicSpec
 from shared.engine import TlsConfig
 from shared.errors import BrokerUnavailable, ErrorCode, TopicMissing, UsageError
+from shared.kafka_logging import with_kafka_logging
 from shared.models import CancelEnvelope, ResultEnvelope, Task, TaskEnvelope, TaskError, TaskResult
 from shared.settings import KafkaSettings
 from shared.wire import CONTROL_TOPIC, encode_cancel, encode_task, reply_topic, request_topic
@@ -110,7 +111,7 @@ def reply_consumer_config(kafka: KafkaSettings) -> dict[str, object]:
             "auto.offset.reset": "earliest",
         }
     )
-    return config
+    return with_kafka_logging(config)
 
 
 @dataclass

@@ -15,6 +15,8 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from shared.kafka_logging import with_kafka_logging
+
 __all__ = ["FLUSH_AT_EXIT_TIMEOUT", "close_shared_producers", "shared_producer"]
 
 #: Seconds the producers get at interpreter exit to deliver what they still hold.
@@ -32,7 +34,7 @@ def shared_producer(config: dict[str, Any]) -> Producer:
         if producer is None:
             if not _producers:
                 atexit.register(_flush_all)
-            producer = _producers[key] = Producer(config)
+            producer = _producers[key] = Producer(with_kafka_logging(config))
         return producer
 
 

@@ -26,6 +26,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic  # type: ignore[attr-defined]
 
 from shared.errors import BrokerUnavailable, TopicMissing
+from shared.kafka_logging import with_kafka_logging
 from shared.models import ReleaseNotice
 from shared.wire import (
     CONTROL_TOPIC,
@@ -81,7 +82,9 @@ class TopicAdmin:
     def __init__(self, config: dict[str, Any], *, timeout: float = DEFAULT_TIMEOUT) -> None:
         # Asking whether a topic exists must not create it, as a broker with topic
         # auto-creation on does for a client that allows it (librdkafka's default here).
-        self._handle: AdminClient | None = AdminClient({**config, "allow.auto.create.topics": False})
+        self._handle: AdminClient | None = AdminClient(
+            with_kafka_logging({**config, "allow.auto.create.topics": False})
+        )
         self._config = config
         self._timeout = timeout
         self._servers = str(config.get("bootstrap.servers", ""))
@@ -113,6 +116,8 @@ class TopicAdmin:
         try:
             return self._admin.list_topics(topic, timeout=self._timeout)
         except KafkaException as exc:
+            # The admin's log lines wait in its queue until polled; they tell why no broker answered.
+            self._admin.poll(0)
             raise BrokerUnavailable(f"no Kafka broker answered at {self._servers} within {self._timeout:g} s") from exc
 
     def ensure(self, specs: Iterable[TopicSpec]) -> list[str]:
@@ -199,7 +204,9 @@ class TopicAdmin:
             if error is not None:
                 failures.append(error.str())
 
-        producer = Producer({**self._config, "allow.auto.create.topics": False, "acks": "all", "linger.ms": 0})
+        producer = Producer(
+            with_kafka_logging({**self._config, "allow.auto.create.topics": False, "acks": "all", "linger.ms": 0})
+        )
         for start in range(0, len(topics), TOPICS_PER_NOTICE):
             value, headers = encode_release(ReleaseNotice(topics=topics[start : start + TOPICS_PER_NOTICE]))
             try:

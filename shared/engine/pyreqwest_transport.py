@@ -11,6 +11,7 @@ up front, before descriptors can run out.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +29,13 @@ __all__ = ["PyreqwestTransport"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds the event loop idles once the client is closed. pyreqwest's runtime thread still calls
+#: into Python for a moment after the last request ends. Should that call fall into interpreter
+#: finalization, CPython 3.11 ends the thread with ``pthread_exit`` and PyO3 releases a GIL it no
+#: longer holds: ``Fatal Python error: PyGILState_Release``, exit code 134. Any idle pass of the
+#: loop (asyncio waits at least 1 ms for a positive timeout) let the call land in every run
+#: measured; 5 ms leaves room for a loaded machine and costs a normal exit nothing it would notice.
+RUNTIME_SETTLE = 0.005
 #: reqwest reports TLS failures as connect errors; these phrases in the causes tell them apart.
 _TLS_MARKERS = ("invalid peer certificate", "tls handshake", "close_notify", "received corrupt message", "certificate")
 
@@ -148,3 +156,4 @@ class PyreqwestTransport(Transport):
 
     async def aclose(self) -> None:
         await self._client.close()
+        await asyncio.sleep(RUNTIME_SETTLE)
