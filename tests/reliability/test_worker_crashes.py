@@ -57,7 +57,7 @@ WORKER_INFLIGHT = 10
 COMMIT_INTERVAL = 0.5
 #: Each kill comes once the client holds a random number of results in this range, and after the
 #: group has recovered from the kill before.
-KILL_AFTER_RESULTS = (300, 2800)
+KILL_AFTER_RESULTS = (200, 2000)
 TASK_TIMEOUT = 180.0
 #: Seconds between two readings of the group's committed offsets.
 SAMPLE_INTERVAL = 0.05
@@ -317,7 +317,7 @@ def test_kill_9_of_random_workers_mid_batch_loses_nothing_and_repeats_only_uncom
             )
             return placed, hits, replies
 
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         results, client_duplicates, kills, (placed, hits, replies) = asyncio.run(
             _run_batch(kafka_bootstrap, service, tasks, fleet, random.Random(seed), settle)
         )
@@ -353,6 +353,7 @@ def test_kill_9_of_random_workers_mid_batch_loses_nothing_and_repeats_only_uncom
             steady.append(passed - first)
     repeated_runs = sum(n - 1 for n in hits.values())
     after_revoke = sum(hits[t] - 1 for t, c in causes.items() if c is not None and c.kill is None)
+    last_result = max(min(when for _, when in sent) for sent in ran.values())
     figures = {
         "scenario": "worker_crashes",
         "seed": seed,
@@ -368,6 +369,7 @@ def test_kill_9_of_random_workers_mid_batch_loses_nothing_and_repeats_only_uncom
         "repeated_runs": repeated_runs,
         "per_kill": [
             {
+                "at_s": round(kill.at - started_wall, 1),
                 "held": sorted(kill.held),
                 "committed_at_kill": {p: kill.committed[p] for p in sorted(kill.held)},
                 "resumed_from": {h.partition: h.committed for h in handovers if h.kill is kill},
@@ -383,11 +385,14 @@ def test_kill_9_of_random_workers_mid_batch_loses_nothing_and_repeats_only_uncom
         "worker_max_inflight": WORKER_INFLIGHT,
         "uncommitted_s": _quantiles(list(windows.values())),
         "uncommitted_by_its_own_worker_s": _quantiles(steady),
+        "last_result_s": round(last_result - started_wall, 1),
         "seconds": round(seconds, 1),
     }
     print("RELIABILITY " + json.dumps(figures))
 
     assert len(kills) == KILLS
+    # Every kill came while the batch ran: before the last task's first result.
+    assert max(kill.at for kill in kills) < last_result
     assert len(results) == TASKS
     assert {r.task_id for r in results} == set(ids)
     assert all(r.ok for r in results), figures["outcomes"]
