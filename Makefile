@@ -1,10 +1,10 @@
-# The README's two commands: `make run` and `make test`. Each installs what it needs into .venv.
+# The README's commands: `make run`, `make test` and `make reliability`. Each installs what it needs into .venv.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint types install clean
+.PHONY: run test reliability lint types install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,13 @@ types: $(STAMP)
 run: $(STAMP)
 	$(BIN)/trs dev demo --tasks 1000 --workers 2
 
-## test: lint, types and the whole suite (integration tests start their own broker)
+## test: lint, types and every suite but the reliability one (integration tests start their own broker)
 test: lint types
-	$(BIN)/pytest
+	$(BIN)/pytest --ignore=tests/reliability
+
+## reliability: the fault, hostile-input and soak scenarios, each printing its figures as a RELIABILITY line
+reliability: $(STAMP)
+	$(BIN)/pytest tests/reliability -s
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
