@@ -3,31 +3,21 @@ compare partitions and topic configs."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import uuid
 
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType  # type: ignore[attr-defined]
 
 from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, REQUEST_TOPIC_PATTERN, request_topic
-from tests.deploy.manifests import ROOT, Resource, build, of_kind
+from tests.deploy.manifests import Resource, build, of_kind
+from tests.trs_cli import trs
 
 pytestmark = pytest.mark.integration
 
 
 def _trs_topics_init(bootstrap: str, service: str) -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "producer", "topics", "init", "--service", service, "--bootstrap-servers", bootstrap],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    completed = trs("topics", "init", "--service", service, "--bootstrap-servers", bootstrap, timeout=60)
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
 

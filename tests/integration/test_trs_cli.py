@@ -8,7 +8,6 @@ import pty
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import IO
@@ -22,29 +21,10 @@ from shared.models import HttpRequest, Task, TaskResult
 from shared.wire import request_topic
 from tests.http_target import HttpTarget
 from tests.remote_pools import RemotePools
+from tests.trs_cli import trs, trs_command, trs_env
 from tests.worker_process import ROOT
 
 pytestmark = pytest.mark.integration
-
-
-def trs_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "producer", *args]
-
-
-def trs_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
-
-
-def trs(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        trs_command(*args),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=trs_env(**(env or {})),
-        check=False,
-    )
 
 
 def start_trs(*args: str, stdout: int, stderr: int) -> subprocess.Popen[str]:

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -28,8 +25,9 @@ from tests.http_target import HttpTarget
 from tests.integration.conftest import new_service
 from tests.reliability.remote_client import RemoteClient
 from tests.reliability.worker_logs import loud_lines
+from tests.trs_cli import trs
 from tests.waiting import wait_until
-from tests.worker_process import ROOT, WorkerProcess, running_workers
+from tests.worker_process import WorkerProcess, running_workers
 
 pytestmark = pytest.mark.integration
 
@@ -105,24 +103,7 @@ async def test_a_client_killed_mid_batch_leaves_the_worker_quiet_and_gc_removes_
         expired = times[1] + EXPIRY_ROUNDING
         await asyncio.to_thread(wait_until, lambda: datetime.now(UTC) > expired, 30, "the batch's expiry")
         gc = await asyncio.to_thread(
-            subprocess.run,
-            [
-                sys.executable,
-                "-m",
-                "producer",
-                "topics",
-                "gc",
-                "--older-than",
-                "0s",
-                "--bootstrap-servers",
-                kafka_bootstrap,
-            ],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+            trs, "topics", "gc", "--older-than", "0s", "--bootstrap-servers", kafka_bootstrap, timeout=60
         )
         async with TaskRunner(mode="remote", service_name=service.name, bootstrap_servers=kafka_bootstrap) as other:
             batch = await other.launch(other.create_task_list(quick_task(service.name, target), 20))

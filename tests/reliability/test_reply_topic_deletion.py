@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from shared.wire import CONTROL_KIND_RELEASE, CONTROL_TOPIC, HEADER_KIND, new_ba
 from tests.http_target import HttpTarget
 from tests.reliability.remote_client import RemoteClient
 from tests.reliability.worker_logs import loud_lines
+from tests.trs_cli import trs
 from tests.waiting import wait_until
 from tests.worker_process import ROOT, WorkerProcess, running_workers
 
@@ -266,15 +266,7 @@ def test_gc_without_trs_control_deletes_nothing_and_names_the_remedy(bare_broker
     now = datetime.now(UTC)
     orphan = reply_topic("svc", new_batch_id(now - timedelta(hours=3), now - timedelta(hours=2)))
     admin.create(TopicSpec(orphan, 1, timedelta(hours=1)))
-    gc = subprocess.run(
-        [sys.executable, "-m", "producer", "topics", "gc", "--older-than", "1h", "--bootstrap-servers", bare_broker],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    gc = trs("topics", "gc", "--older-than", "1h", "--bootstrap-servers", bare_broker, timeout=60)
     still_there = admin.exists(orphan)
     admin.close()
 

@@ -39,10 +39,10 @@ from tests.behaviour.conftest import RunnerFactory, flavour, make_runner, mode, 
 from tests.conftest import Certs
 from tests.http_target import HttpTarget
 from tests.integration.conftest import new_service
-from tests.integration.test_trs_cli import trs
 from tests.kafka_io import TestBatch as HandBatch
 from tests.kafka_io import new_test_batch, read
 from tests.remote_pools import RemotePools
+from tests.trs_cli import trs
 from tests.waiting import wait_until
 from tests.worker_process import WorkerProcess, running_workers
 
