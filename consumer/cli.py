@@ -45,6 +45,12 @@ _FLAGS: list[tuple[str, type[KafkaSettings | EngineSettings | WorkerSettings], s
     ("--linger-ms", WorkerSettings, "linger_ms", "Longest a result waits to be sent in a batch with others."),
     ("--commit-interval", WorkerSettings, "commit_interval", "Seconds between offset commits."),
     ("--max-message-bytes", WorkerSettings, "max_message_bytes", "Largest result message produced."),
+    (
+        "--startup-timeout",
+        WorkerSettings,
+        "startup_timeout",
+        "Seconds to become ready (broker, topics, group) before exiting 1; waits as long as it takes without it.",
+    ),
     ("--transport", EngineSettings, "transport", "HTTP transport: pyreqwest or httpx."),
     ("--max-response-bytes", EngineSettings, "max_response_bytes", "Largest response body a task may return."),
     ("--ca-bundle", EngineSettings, "ca_bundle", "CA bundle (PEM) trusted for HTTPS targets."),

@@ -13,20 +13,31 @@ Terms, used the same way everywhere in the worker:
 * **epoch**: a number each assignment of a partition gets. A record carries the epoch it was
   consumed in; once the partition is revoked, marking it done changes nothing, because the next
   owner will run it again from the last commit.
+* **running**: seen, started by a runner (``begin``), and not yet done. A revoked partition's
+  running records may finish, and be committed, before it goes (``stop_starting``, ``running``),
+  so that its next owner doesn't run them again.
+* **ownership**: whether a record may start (``Ownership``). After a *stall*, a gap between two
+  beats of the fetcher longer than ``stall_after`` (the process was frozen, or starved), the group
+  may have given the worker's partitions to another member without the worker having heard yet.
+  Ownership is then *in doubt*: no record starts until a commit proves the worker is still a
+  member (``confirm``) or the partitions are revoked, which makes their records stale.
 
-The tracker is shared by the fetcher thread (track, assign, revoke, commit) and the event loop and
-delivery callbacks (mark done), so every method that changes or walks it takes one lock.
+The tracker is shared by the fetcher thread (track, assign, revoke, commit, beat) and the event
+loop and delivery callbacks (mark done), so every method that changes or walks it takes one lock.
 """
 
 from __future__ import annotations
 
+import enum
 import itertools
+import math
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-__all__ = ["Commit", "OffsetTracker", "PartitionOffsets", "TopicPartitionKey"]
+__all__ = ["Commit", "OffsetTracker", "Ownership", "PartitionOffsets", "TopicPartitionKey"]
 
 #: A partition, as ``(topic, partition)``.
 TopicPartitionKey = tuple[str, int]
@@ -40,9 +51,12 @@ class PartitionOffsets:
         self.highest_seen: int | None = None
         #: The last commit offset handed to Kafka; ``None`` when none was, or when it failed.
         self.commit_sent: int | None = None
+        #: Revoked, its running records finishing: none starts any more.
+        self.revoking = False
         # Seen offsets in ascending order; done ones are dropped from the front lazily.
         self._seen_order: deque[int] = deque()
         self._incomplete: set[int] = set()
+        self._running: set[int] = set()
 
     def track(self, offset: int) -> bool:
         """Record a consumed ``offset`` as incomplete; ``False`` if it is not above ``highest_seen``."""
@@ -58,11 +72,21 @@ class PartitionOffsets:
         if offset not in self._incomplete:
             return False
         self._incomplete.remove(offset)
+        self._running.discard(offset)
         return True
+
+    def begin(self, offset: int) -> None:
+        """A runner starts ``offset``'s task."""
+        if offset in self._incomplete:
+            self._running.add(offset)
 
     @property
     def incomplete_count(self) -> int:
         return len(self._incomplete)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
 
     def lowest_incomplete(self) -> int | None:
         order = self._seen_order
@@ -93,13 +117,31 @@ class Commit:
     epoch: int
 
 
-class OffsetTracker:
-    """The ``PartitionOffsets`` of every assigned partition, behind one lock."""
+class Ownership(enum.Enum):
+    """Whether a record may start, asked by the runner that took it."""
 
-    def __init__(self) -> None:
+    OWNED = "owned"  #: its partition is still assigned in its epoch, and no stall left that in doubt
+    IN_DOUBT = "in doubt"  #: still assigned, but since a stall not known to be owned: hold it
+    STALE = "stale"  #: its partition was revoked since it was consumed: its next owner runs it
+
+
+class OffsetTracker:
+    """The ``PartitionOffsets`` of every assigned partition, behind one lock.
+
+    ``stall_after`` is the gap between the fetcher's beats, in seconds, after which ownership is in
+    doubt; none by default. ``clock`` is monotonic.
+    """
+
+    def __init__(self, *, stall_after: float = math.inf, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._partitions: dict[TopicPartitionKey, PartitionOffsets] = {}
         self._epochs = itertools.count(1)
+        self._stall_after = stall_after
+        self._clock = clock
+        self._last_beat: float | None = None
+        #: How many stalls put ownership in doubt so far; a proof counts only for the latest.
+        self._stalls = 0
+        self._in_doubt = False
 
     def assign(self, partitions: Iterable[TopicPartitionKey]) -> None:
         """Start tracking ``partitions`` afresh, each under a new epoch."""
@@ -143,6 +185,77 @@ class OffsetTracker:
         """
         state = self._partitions.get(key)
         return (state is not None) and state.epoch == epoch
+
+    def begin(self, key: TopicPartitionKey, epoch: int, offset: int) -> Ownership:
+        """Whether the record at ``offset``, consumed in ``epoch``, may start now; if so it is running.
+
+        A runner that asks after a stall, before the fetcher's first beat since, sees the stall in
+        the age of the last beat.
+        """
+        now = self._clock()
+        with self._lock:
+            state = self._partitions.get(key)
+            if (state is None) or state.epoch != epoch or state.revoking:
+                return Ownership.STALE
+            last = self._last_beat
+            if self._in_doubt or ((last is not None) and now - last > self._stall_after):
+                return Ownership.IN_DOUBT
+            state.begin(offset)
+            return Ownership.OWNED
+
+    def stop_starting(self, partitions: Iterable[TopicPartitionKey]) -> None:
+        """No record of ``partitions`` starts any more; those running may finish."""
+        with self._lock:
+            for key in partitions:
+                state = self._partitions.get(key)
+                if state is not None:
+                    state.revoking = True
+
+    def running(self, partitions: Iterable[TopicPartitionKey]) -> int:
+        """How many records of ``partitions`` are running."""
+        with self._lock:
+            return sum(state.running_count for key in partitions if (state := self._partitions.get(key)) is not None)
+
+    def beat(self) -> float | None:
+        """The fetcher is alive; returns the stall's length if the gap since its last beat was one,
+        which puts ownership in doubt."""
+        now = self._clock()
+        with self._lock:
+            last = self._last_beat
+            gap = None if last is None else now - last
+            stalled = (gap is not None) and gap > self._stall_after
+            if stalled:
+                self._stalls += 1
+                self._in_doubt = True
+            self._last_beat = now
+        return gap if stalled else None
+
+    @property
+    def in_doubt(self) -> bool:
+        return self._in_doubt
+
+    def doubt(self) -> tuple[int, list[Commit]]:
+        """The stall a proof would answer, and the commit offset of every partition that has one.
+
+        Committing these changes nothing Kafka doesn't know already, or what is due anyway; a
+        commit that succeeds proves the group still counts this member in its generation.
+        """
+        with self._lock:
+            commits = []
+            for (topic, partition), state in self._partitions.items():
+                offset = state.next_commit_offset()
+                if offset is not None:
+                    commits.append(Commit(topic, partition, offset, state.epoch))
+            return self._stalls, commits
+
+    def confirm(self, stall: int) -> bool:
+        """A commit made for ``stall`` succeeded: ownership is no longer in doubt, unless another
+        stall came since. Returns whether the doubt ended."""
+        with self._lock:
+            if self._in_doubt and stall == self._stalls:
+                self._in_doubt = False
+                return True
+            return False
 
     def commits_due(self) -> list[Commit]:
         """The partitions whose commit offset moved since it was last sent, and that offset."""

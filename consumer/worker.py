@@ -20,6 +20,14 @@ When the queue holds ``max_inflight`` records the fetcher holds off until runner
 of them, and if that lasts it pauses the partitions and goes on polling (see ``consumer.flow``).
 On SIGTERM the worker stops fetching, gives the tasks in flight ``grace_period`` seconds, cuts the
 rest (they end ``cancelled``), produces those results, commits and leaves the group.
+
+Startup: brokers, topic operators and workers start in any order, so the health server comes
+first, ``/healthz`` answers at once and ``/readyz`` says what the worker waits for (no broker, a
+missing shared topic, not yet a member of its group). A missing broker or topic is waited for,
+with a log line now and then, and never makes the worker exit, unless ``startup_timeout`` is set
+and passes. After a stall longer than half the session timeout (the process was frozen), a
+runner starts nothing until the fetcher knows the partition is still the worker's (see
+``consumer.fetcher``).
 """
 
 from __future__ import annotations
@@ -43,10 +51,11 @@ from consumer.fetcher import Fetcher, FetcherConfig, Record
 from consumer.flow import Backlog
 from consumer.health import HealthServer, Probe
 from consumer.kafka_config import consumer_config, control_config, producer_config, subscription
-from consumer.offsets import OffsetTracker
+from consumer.offsets import OffsetTracker, Ownership
+from consumer.reminders import Reminder
 from consumer.replies import DeadLetter, Replies, ReplyTopics
 from shared.engine import Engine, TargetAllowlist, TlsConfig
-from shared.errors import BrokerUnavailable, ErrorCode, InvalidEnvelope, TopicMissing
+from shared.errors import BrokerUnavailable, ErrorCode, InvalidEnvelope, TopicMissing, TrsError
 from shared.metrics import (
     WORKER_INFLIGHT,
     WORKER_INTERNAL_ERRORS,
@@ -58,7 +67,7 @@ from shared.models import CancelEnvelope, TaskEnvelope, TaskError, TaskResult
 from shared.settings import EngineSettings, KafkaSettings, WorkerSettings
 from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, KafkaHeaders, decode_consumed_task, message_headers
 
-__all__ = ["Worker", "WorkerConfig"]
+__all__ = ["StartupTimeout", "Worker", "WorkerConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +77,15 @@ BEAT_INTERVAL = 1.0
 STALE_AFTER = 15.0
 #: Seconds the final flush of results may take.
 FLUSH_TIMEOUT = 10.0
-#: Seconds the broker gets to answer at startup.
-STARTUP_TIMEOUT = 10.0
+#: Seconds one look for the broker and the shared topics may take at startup, and between looks.
+KAFKA_LOOKUP_TIMEOUT = 1.0
+KAFKA_RETRY = 1.0
+#: Seconds between log lines while the worker waits for its broker or its topics.
+WAIT_LOG_EVERY = 30.0
+#: Seconds a runner holding a record in doubt waits for news before it asks again anyway.
+HOLD_RECHECK = 1.0
+#: The ``/readyz`` reason until the worker joins its group.
+NOT_A_MEMBER = "not yet a member of the consumer group"
 #: Seconds the backlog may stay short of room before the partitions pause (see ``consumer.flow``).
 PAUSE_AFTER = 0.5
 #: Seconds between servings of the producer's delivery reports while results are unacknowledged,
@@ -78,6 +94,10 @@ DELIVERY_INTERVAL = 0.005
 DELIVERY_IDLE_INTERVAL = 0.1
 #: Seconds a runner waits after a failure between records before it takes the next one.
 RUNNER_RESTART_DELAY = 0.1
+
+
+class StartupTimeout(TrsError):
+    """The worker was not ready within its opt-in startup deadline."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +121,17 @@ class Worker:
         self._draining = False
         self._failure: BaseException | None = None
         self._last_beat = time.monotonic()
-        self._tracker = OffsetTracker()
+        self._started_at = self._last_beat
+        #: What the worker waits for before it can start, for ``/readyz``; ``None`` once it started.
+        #: Until the first look for the broker is back, all that is known is that it isn't a member.
+        self._waiting_for: str | None = NOT_A_MEMBER
+        self._startup_failure: StartupTimeout | None = None
+        self._ready_once = False
+        # A member is dropped one session timeout after its last heartbeat, which may precede the
+        # stall by a heartbeat interval or more: half the timeout leaves room for that.
+        self._tracker = OffsetTracker(stall_after=config.worker.session_timeout_ms / 1000 / 2)
+        #: Set, and replaced, whenever held records may have an answer; see ``_wait_for_ownership``.
+        self._ownership_changed = asyncio.Event()
         self._backlog = Backlog(config.worker.max_inflight)
         self._cancels = CancelRegistry()
         self._counts: dict[str, int] = {}
@@ -113,27 +143,90 @@ class Worker:
         self._stop.set()
 
     async def run(self) -> int:
-        """Run until stopped; returns the process exit code."""
+        """Run until stopped; returns the process exit code.
+
+        Raises ``BrokerUnavailable``, ``TopicMissing`` or ``StartupTimeout`` when the optional
+        startup deadline passes first.
+        """
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop)
-        await self._start()
+        if not await self._start():
+            log.info("worker %s stopped before it started", self.name)
+            return 0
         log.info("worker %s started: group %s, topics %s", self.name, self.config.worker.group_id, self._topics)
         try:
             while not self._stop.is_set():
                 self._last_beat = time.monotonic()
                 self._cancels.prune()
+                self._check_startup_deadline()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), BEAT_INTERVAL)
         finally:
             await self._drain()
+        if self._startup_failure is not None:
+            raise self._startup_failure
         return 1 if self._failure is not None else 0
 
-    async def _start(self) -> None:
+    async def _start(self) -> bool:
+        """Serve the probes, wait for Kafka, then start fetching and running; ``False`` if stopped first."""
+        worker = self.config.worker
+        self._health = HealthServer(worker.host, worker.port, self.probe)
+        self._health.start()
+        try:
+            if await self._wait_for_kafka():
+                self._start_work()
+                # Only now, with the fetcher there, does the probe ask it.
+                self._waiting_for = None
+                return True
+        except BaseException:
+            self._health.stop()
+            raise
+        self._health.stop()
+        return False
+
+    async def _wait_for_kafka(self) -> bool:
+        """Wait until the broker answers and the shared topics exist; ``False`` if stopped first."""
+        kafka, worker = self.config.kafka, self.config.worker
+        self._producer = Producer(producer_config(kafka, worker))
+        reminder = Reminder(WAIT_LOG_EVERY)
+        waited = False
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            while not self._stop.is_set():
+                self._last_beat = time.monotonic()
+                look = asyncio.ensure_future(asyncio.to_thread(self._check_topics_exist))
+                await asyncio.wait({look, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if not look.done():
+                    # Stopped; the look ends by itself within its timeout.
+                    return False
+                missing = look.result()
+                if missing == []:
+                    if waited:
+                        log.info("the broker answers and the shared topics exist: starting")
+                    return True
+                reason = self._missing_reason(missing)
+                if reason != self._waiting_for:
+                    # Something changed (a topic appeared, or the broker): say so at once.
+                    reminder.reset()
+                self._waiting_for = reason
+                if self._startup_deadline_passed():
+                    raise self._startup_error(missing)
+                if reminder.due():
+                    waited = True
+                    log.warning(
+                        "waiting for Kafka: %s (%.0f s so far); the worker starts once it is there",
+                        self._waiting_for,
+                        time.monotonic() - self._started_at,
+                    )
+                await asyncio.wait({stopped}, timeout=KAFKA_RETRY)
+            return False
+        finally:
+            stopped.cancel()
+
+    def _start_work(self) -> None:
         kafka, worker, engine = self.config.kafka, self.config.worker, self.config.engine
         self._topics = subscription(worker)
-        self._producer = Producer(producer_config(kafka, worker))
-        await asyncio.to_thread(self._check_topics_exist)
         self._engine = Engine(
             transport=engine.transport,
             tls=TlsConfig(
@@ -164,30 +257,65 @@ class Worker:
                 commit_interval=worker.commit_interval,
                 # While it holds, the fetcher doesn't poll; stay far below the interval that would cost the group.
                 pause_after=min(PAUSE_AFTER, worker.max_poll_interval_ms / 1000 / 10),
+                # Nor while a revoke waits; that wait is for tasks that would otherwise run twice.
+                revoke_wait=min(worker.grace_period, worker.max_poll_interval_ms / 1000 / 2),
             ),
             backlog=self._backlog,
             on_records=lambda records: loop.call_soon_threadsafe(self._enqueue, records),
             on_cancel=lambda order: loop.call_soon_threadsafe(self._cancel, order),
             on_failure=lambda exc: loop.call_soon_threadsafe(self._fetcher_failed, exc),
+            on_ownership=lambda: loop.call_soon_threadsafe(self._ownership_settled),
         )
         WORKER_INFLIGHT.set_function(lambda: self._busy)
         WORKER_PARTITIONS_PAUSED.set_function(lambda: 1 if self._fetcher.paused else 0)
-        self._health = HealthServer(worker.host, worker.port, self.probe)
-        self._health.start()
         self._fetcher.start()
         self._runners = [asyncio.create_task(self._runner()) for _ in range(worker.max_inflight)]
         self._deliveries = asyncio.create_task(self._serve_deliveries())
         self._deliveries.add_done_callback(self._deliveries_ended)
 
-    def _check_topics_exist(self) -> None:
-        servers = self.config.kafka.bootstrap_servers
+    def _check_topics_exist(self) -> list[str] | None:
+        """The shared topics that are missing, or ``None`` when no broker answered. Blocks."""
         try:
-            metadata = self._producer.list_topics(timeout=STARTUP_TIMEOUT)
-        except KafkaException as exc:
-            raise BrokerUnavailable(f"no Kafka broker answered at {servers} within {STARTUP_TIMEOUT:g} s") from exc
-        for topic in (DLQ_TOPIC, CONTROL_TOPIC):
-            if topic not in metadata.topics:
-                raise TopicMissing(f"topic {topic} does not exist at {servers}: create it with 'trs topics init'")
+            metadata = self._producer.list_topics(timeout=KAFKA_LOOKUP_TIMEOUT)
+        except KafkaException:
+            return None
+        return [topic for topic in (DLQ_TOPIC, CONTROL_TOPIC) if topic not in metadata.topics]
+
+    def _missing_reason(self, missing: list[str] | None) -> str:
+        if missing is None:
+            return f"no broker answered at {self.config.kafka.bootstrap_servers}"
+        return f"topic {missing[0]} missing: create it with 'trs topics init'"
+
+    def _startup_error(self, missing: list[str] | None) -> TrsError:
+        servers, timeout = self.config.kafka.bootstrap_servers, self.config.worker.startup_timeout
+        if missing is None:
+            return BrokerUnavailable(f"no Kafka broker answered at {servers} within {timeout:g} s")
+        return TopicMissing(f"topic {missing[0]} does not exist at {servers}: create it with 'trs topics init'")
+
+    def _startup_deadline_passed(self) -> bool:
+        timeout = self.config.worker.startup_timeout
+        return (timeout is not None) and time.monotonic() - self._started_at > timeout
+
+    def _check_startup_deadline(self) -> None:
+        """Stop with ``StartupTimeout`` if the worker is not ready by its deadline; only ever opt-in."""
+        if self._ready_once:
+            return
+        reason = self._not_ready_reason()
+        if reason is None:
+            self._ready_once = True
+        elif self._startup_deadline_passed():
+            self._startup_failure = StartupTimeout(
+                f"not ready within {self.config.worker.startup_timeout:g} s: {reason}"
+            )
+            self.stop()
+
+    def _not_ready_reason(self) -> str | None:
+        """Why the worker is not ready: Kafka, the control topic, or the group; ``None`` if it is."""
+        if self._waiting_for is not None:
+            return self._waiting_for
+        if self._fetcher.control_problem is not None:
+            return self._fetcher.control_problem
+        return None if self._fetcher.joined else NOT_A_MEMBER
 
     def probe(self) -> Probe:
         """The answers of ``/healthz`` and ``/readyz``; called from the health server's thread."""
@@ -196,12 +324,13 @@ class Worker:
             return Probe(healthy=False, ready=False, reason="the fetcher thread failed")
         if now - self._last_beat > STALE_AFTER:
             return Probe(healthy=False, ready=False, reason="the event loop is stuck")
-        if now - self._fetcher.last_beat > STALE_AFTER:
+        if (self._waiting_for is None) and now - self._fetcher.last_beat > STALE_AFTER:
             return Probe(healthy=False, ready=False, reason="the fetcher thread is stuck")
         if self._draining:
             return Probe(healthy=True, ready=False, reason="draining")
-        if not self._fetcher.joined:
-            return Probe(healthy=True, ready=False, reason="not yet a member of the consumer group")
+        reason = self._not_ready_reason()
+        if reason is not None:
+            return Probe(healthy=True, ready=False, reason=reason)
         return Probe(healthy=True, ready=True)
 
     # Called on the event loop by the fetcher thread -------------------------------------------
@@ -225,6 +354,27 @@ class Worker:
     def _fetcher_failed(self, exc: BaseException) -> None:
         self._failure = exc
         self._stop.set()
+
+    # Ownership after a stall --------------------------------------------------------------
+
+    def _ownership_settled(self) -> None:
+        """Wake the runners holding records: ownership was proved, or partitions were revoked."""
+        changed, self._ownership_changed = self._ownership_changed, asyncio.Event()
+        changed.set()
+
+    async def _wait_for_ownership(self, record: Record) -> bool:
+        """Hold ``record`` while a stall leaves its partition's ownership in doubt; whether it may start.
+
+        A record that doesn't start is not done, so the commit stays below it: it runs here once
+        ownership is proved, or at the partition's next owner.
+        """
+        while not self._draining:
+            ownership = self._tracker.begin(record.key, record.epoch, record.offset)
+            if ownership is not Ownership.IN_DOUBT:
+                return ownership is Ownership.OWNED
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ownership_changed.wait(), HOLD_RECHECK)
+        return False
 
     # Delivery reports -------------------------------------------------------------------------
 
@@ -285,7 +435,8 @@ class Worker:
                 await self._failed(record, headers, exc, None)
 
     async def _handle(self, record: Record, headers: KafkaHeaders | None, runner: asyncio.Task[Any]) -> None:
-        if not self._tracker.is_current(record.key, record.epoch):
+        ownership = self._tracker.begin(record.key, record.epoch, record.offset)
+        if ownership is not Ownership.OWNED and not await self._wait_for_ownership(record):
             # The partition was revoked while this waited; its next owner runs it.
             return
         limit = self.config.worker.max_message_bytes

@@ -147,6 +147,9 @@ class WorkerSettings(BaseSettings):
     commit_interval: float = Field(default=0.5, gt=0, le=60)
     #: Largest result message; a bigger result is replaced by ``response_too_large``.
     max_message_bytes: int = Field(default=KAFKA_MAX_MESSAGE_BYTES, ge=10_000)
+    #: Seconds the worker may take to become ready (broker, shared topics, group) before it exits
+    #: non-zero. None, the default, waits as long as it takes: brokers and workers start in any order.
+    startup_timeout: float | None = Field(default=None, gt=0)
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -11,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from producer.embedded_broker import EmbeddedBroker, free_port
 from producer.topics import TopicAdmin
 from shared.errors import ErrorCode
 from tests.http_target import HttpTarget
 from tests.integration.conftest import new_service
 from tests.kafka_io import committed, new_test_batch, produce, read_results
 from tests.waiting import wait_until
-from tests.worker_process import ROOT, WorkerProcess, running_workers
+from tests.worker_process import WorkerProcess, running_workers
 
 pytestmark = pytest.mark.integration
 
@@ -198,28 +195,3 @@ def _first_answer(worker: WorkerProcess, path: str, timeout: float = 30.0) -> tu
         except OSError:
             time.sleep(0.02)
     raise AssertionError(f"{path} never answered")
-
-
-def test_a_worker_whose_topics_are_missing_exits_1_with_the_remedy(tmp_path: Path) -> None:
-    with EmbeddedBroker() as empty:
-        completed = _run_worker("--bootstrap-servers", empty.bootstrap_servers)
-
-    assert completed.returncode == 1
-    assert (
-        f"topic trs-dlq does not exist at {empty.bootstrap_servers}: create it with 'trs topics init'"
-        in completed.stderr
-    )
-
-
-def test_a_worker_with_no_broker_exits_1_within_its_startup_timeout() -> None:
-    address = f"127.0.0.1:{free_port()}"
-
-    completed = _run_worker("--bootstrap-servers", address)
-
-    assert completed.returncode == 1
-    assert f"no Kafka broker answered at {address} within 10 s" in completed.stderr
-
-
-def _run_worker(*flags: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "consumer", "--host", "127.0.0.1", "--port", "0", "--log-format", "text", *flags]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
