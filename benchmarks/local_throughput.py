@@ -61,8 +61,9 @@ TASK_TIMEOUT = 600.0
 #: Per-request timeout of the bare loops, as in ``benchmarks.bare_clients``.
 REQUEST_TIMEOUT = 60.0
 #: httpx's pool scans every connection on each request (encode/httpx#3215), so a pool of 100 connections runs at
-#: about 100 req/s here. Its default 5 s keep-alive expiry lets the unused ones go, and the pool settles at a dozen
-#: connections and 1,000+ req/s. Warming up for longer than that expiry measures the settled state.
+#: about 100 req/s here. Its default 5 s keep-alive expiry, which TRS's httpx transport keeps too, lets the unused ones
+#: go, and the pool settles at a dozen connections and 1,000+ req/s. Warming up for longer than that expiry measures
+#: the settled state.
 HTTPX_WARMUP_SECONDS = 6.0
 #: Wall-clock bound on one measurement subprocess.
 CHILD_TIMEOUT = 900.0
@@ -308,6 +309,7 @@ def summarize(reports: dict[str, ChildReport], *, concurrency: int, fast: Plan, 
         "bare_rps_pyreqwest": rps("bare_pyreqwest"),
         "ratio_vs_fastest_bare": _ratio(trs, max(bare) if bare else None),
         "ratio_vs_httpx_bare": _ratio(trs, rps("bare_httpx")),
+        "ratio_httpx_vs_bare_httpx": _ratio(rps("trs_httpx"), rps("bare_httpx")),
         "trs_build_us_per_task": trs_report.build_us_per_task if trs_report is not None else None,
         "concurrency": concurrency,
         "requests": fast.requests,
