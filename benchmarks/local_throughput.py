@@ -61,8 +61,9 @@ TASK_TIMEOUT = 600.0
 #: Per-request timeout of the bare loops, as in ``benchmarks.bare_clients``.
 REQUEST_TIMEOUT = 60.0
 #: httpx's pool scans every connection on each request (encode/httpx#3215), so a pool of 100 connections runs at
-#: about 100 req/s here. Its default 5 s keep-alive expiry lets the unused ones go, and the pool settles at a dozen
-#: connections and 1,000+ req/s. Warming up for longer than that expiry measures the settled state.
+#: about 100 req/s here. Its default 5 s keep-alive expiry, which TRS's httpx transport keeps too, lets the unused ones
+#: go, and the pool settles at a dozen connections and 1,000+ req/s. Warming up for longer than that expiry measures
+#: the settled state.
 HTTPX_WARMUP_SECONDS = 6.0
 #: Wall-clock bound on one measurement subprocess.
 CHILD_TIMEOUT = 900.0
@@ -107,14 +108,16 @@ def _plans(quick: bool) -> tuple[Plan, Plan]:
     """(plan for the fast clients, plan for httpx)."""
     if quick:
         fast = Plan(requests=10_000, rounds=3, warmup=2_000, warmup_seconds=0.5)
-        return fast, Plan(requests=400, rounds=2, warmup=100, warmup_seconds=HTTPX_WARMUP_SECONDS)
+        return fast, Plan(requests=400, rounds=3, warmup=100, warmup_seconds=HTTPX_WARMUP_SECONDS)
     fast = Plan(requests=50_000, rounds=5, warmup=5_000, warmup_seconds=1.0)
     return fast, Plan(requests=2_000, rounds=3, warmup=200, warmup_seconds=HTTPX_WARMUP_SECONDS)
 
 
 async def _warm_up(plan: Plan, one_pass: Callable[[int], Awaitable[object]]) -> None:
-    deadline = time.perf_counter() + plan.warmup_seconds
+    # The first pass opens a connection per request in flight. The clock starts after it, so that on a slow spell
+    # too the ones httpx's pool no longer needs have outlived its keep-alive expiry before the measured rounds.
     await one_pass(plan.warmup)
+    deadline = time.perf_counter() + plan.warmup_seconds
     while time.perf_counter() < deadline:
         await one_pass(plan.warmup)
 
@@ -308,6 +311,7 @@ def summarize(reports: dict[str, ChildReport], *, concurrency: int, fast: Plan, 
         "bare_rps_pyreqwest": rps("bare_pyreqwest"),
         "ratio_vs_fastest_bare": _ratio(trs, max(bare) if bare else None),
         "ratio_vs_httpx_bare": _ratio(trs, rps("bare_httpx")),
+        "ratio_httpx_vs_bare_httpx": _ratio(rps("trs_httpx"), rps("bare_httpx")),
         "trs_build_us_per_task": trs_report.build_us_per_task if trs_report is not None else None,
         "concurrency": concurrency,
         "requests": fast.requests,

@@ -1,4 +1,4 @@
-"""The httpx transport: portable and well known, but slow under high concurrency (encode/httpx#3215)."""
+"""The httpx transport: portable and well known, with httpx's own pool settings where its pool needs them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from shared.errors import ConnectFailed, InternalError, ResponseTooLarge, TaskTi
 from shared.models import HttpRequest, HttpResponse, TransportPolicy
 from shared.redaction import RedactingFilter
 
-__all__ = ["HttpxTransport"]
+__all__ = ["HTTPX_MAX_IDLE_SECONDS", "HttpxTransport", "pool_limits"]
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,13 @@ log = logging.getLogger(__name__)
 _REDACTED_LOGGERS = ("httpx", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy")
 for _name in _REDACTED_LOGGERS:
     logging.getLogger(_name).addFilter(RedactingFilter())
+
+#: The longest this transport keeps an idle connection: httpx's own default keep-alive expiry. httpcore's pool
+#: looks at every connection it holds, idle ones included, twice per request (encode/httpx#3215), so its cost
+#: grows with the pool. Expiring idle connections this soon lets a pool shrink to what the load uses; with
+#: ``idle_timeout``'s default of 90 s it kept all 100 connections of a 100-wide batch and ran at a tenth of
+#: bare httpx's rate (``benchmarks/local_throughput.py``).
+HTTPX_MAX_IDLE_SECONDS = 5.0
 
 
 @contextlib.contextmanager
@@ -44,11 +51,20 @@ def _map_httpx_errors() -> Iterator[None]:
         raise InternalError("unexpected transport failure") from exc
 
 
+def pool_limits(policy: TransportPolicy) -> httpx.Limits:
+    """The httpx pool limits for ``policy``: an idle timeout over ``HTTPX_MAX_IDLE_SECONDS`` is cut to it."""
+    idle = HTTPX_MAX_IDLE_SECONDS if policy.idle_timeout is None else min(policy.idle_timeout, HTTPX_MAX_IDLE_SECONDS)
+    return httpx.Limits(
+        max_connections=policy.max_connections,
+        max_keepalive_connections=(policy.max_connections or 1000) if policy.keep_alive else 0,
+        keepalive_expiry=idle,
+    )
+
+
 class HttpxTransport(Transport):
     """A transport on ``httpx.AsyncClient``."""
 
     def __init__(self, policy: TransportPolicy, tls: TlsConfig) -> None:
-        keepalive = (policy.max_connections or 1000) if policy.keep_alive else 0
         self._client = httpx.AsyncClient(
             verify=tls.ssl_context(),
             follow_redirects=False,
@@ -58,11 +74,7 @@ class HttpxTransport(Transport):
                 connect=policy.tls_handshake_timeout,
                 read=policy.response_header_timeout,
             ),
-            limits=httpx.Limits(
-                max_connections=policy.max_connections,
-                max_keepalive_connections=keepalive,
-                keepalive_expiry=policy.idle_timeout,
-            ),
+            limits=pool_limits(policy),
         )
         # Bodies come back as the server sent them, so no encoding is asked for unless the task does;
         # the User-Agent is the engine's to set.
