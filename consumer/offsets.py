@@ -177,15 +177,6 @@ class OffsetTracker:
                 return False
             return state.mark_done(offset)
 
-    def is_current(self, key: TopicPartitionKey, epoch: int) -> bool:
-        """Whether ``epoch`` is still the partition's assignment (so its work still counts).
-
-        Asked once per task, so without the lock: one dict read is atomic, and an answer that a
-        revoke makes stale a moment later costs only a run the next owner repeats anyway.
-        """
-        state = self._partitions.get(key)
-        return (state is not None) and state.epoch == epoch
-
     def begin(self, key: TopicPartitionKey, epoch: int, offset: int) -> Ownership:
         """Whether the record at ``offset``, consumed in ``epoch``, may start now; if so it is running.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer.offsets import Commit, OffsetTracker, PartitionOffsets
+from consumer.offsets import Commit, OffsetTracker, Ownership, PartitionOffsets
 
 TP = ("trs-svc-http-v1-send", 0)
 
@@ -96,7 +96,7 @@ def test_the_tracker_ignores_results_of_a_revoked_assignment() -> None:
 
     assert new_epoch != old_epoch
     assert tracker.mark_done(TP, 0, old_epoch) is False
-    assert not tracker.is_current(TP, old_epoch)
+    assert tracker.begin(TP, old_epoch, 0) is Ownership.STALE
     assert tracker.mark_done(TP, 0, new_epoch or -1) is True
 
 
