@@ -278,6 +278,8 @@ class Worker:
         try:
             metadata = self._producer.list_topics(timeout=KAFKA_LOOKUP_TIMEOUT)
         except KafkaException:
+            # librdkafka hands over its log lines, which say why no broker answered, only when polled.
+            self._producer.poll(0)
             return None
         return [topic for topic in (DLQ_TOPIC, CONTROL_TOPIC) if topic not in metadata.topics]
 
