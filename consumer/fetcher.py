@@ -163,10 +163,6 @@ class Fetcher:
     def paused(self) -> bool:
         return self._paused
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
     def stop_fetching(self) -> None:
         """Take no more records; partitions are paused on the next round and polling goes on."""
         self._fetching.clear()

@@ -176,10 +176,6 @@ class RemoteBackend(Backend):
         self._producer: Producer | None = None
         self._reader: ReplyReader | None = None
 
-    @property
-    def result_grace(self) -> float:
-        return self._grace
-
     # Launch -----------------------------------------------------------------------------------
 
     async def start(self, batch: Batch) -> None:

@@ -244,6 +244,7 @@ def test_the_fetcher_waits_for_the_control_topic_and_reads_it_once_it_exists() -
     with EmbeddedBroker() as broker:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
         worker = WorkerSettings(topics=[request_topic("startup-control")], session_timeout_ms=6000)
+        failures: list[BaseException] = []
         fetcher = Fetcher(
             consumer_config=consumer_config(kafka, worker),
             control_config=control_config(kafka, worker),
@@ -254,7 +255,7 @@ def test_the_fetcher_waits_for_the_control_topic_and_reads_it_once_it_exists() -
             backlog=Backlog(10),
             on_records=lambda records: None,
             on_cancel=lambda order: None,
-            on_failure=lambda exc: None,
+            on_failure=failures.append,
             on_ownership=lambda: None,
         )
         fetcher.start()
@@ -265,9 +266,8 @@ def test_the_fetcher_waits_for_the_control_topic_and_reads_it_once_it_exists() -
             admin.init()
             admin.close()
             wait_until(lambda: fetcher.control_problem is None, 10, "the fetcher to read trs-control")
-            alive = fetcher.alive
         finally:
             fetcher.close(10)
 
     assert missing == f"topic {CONTROL_TOPIC} missing: create it with 'trs topics init'"
-    assert alive
+    assert failures == []
