@@ -17,9 +17,10 @@ from confluent_kafka import KafkaException
 from pydantic import ValidationError
 
 from consumer.logs import configure_logging
+from consumer.settings import EngineSettings, WorkerSettings
 from consumer.worker import Worker, WorkerConfig
 from shared.errors import TrsError
-from shared.settings import EngineSettings, KafkaSettings, WorkerSettings
+from shared.settings import KafkaSettings
 
 __all__ = ["main"]
 

@@ -54,6 +54,7 @@ from consumer.kafka_config import consumer_config, control_config, producer_conf
 from consumer.offsets import OffsetTracker, Ownership
 from consumer.reminders import Reminder
 from consumer.replies import DeadLetter, Replies, ReplyTopics
+from consumer.settings import EngineSettings, WorkerSettings
 from shared.engine import Engine, TargetAllowlist, TlsConfig
 from shared.errors import BrokerUnavailable, ErrorCode, InvalidEnvelope, TopicMissing, TrsError
 from shared.metrics import (
@@ -64,7 +65,7 @@ from shared.metrics import (
     WORKER_TASKS_RECEIVED,
 )
 from shared.models import CancelEnvelope, TaskEnvelope, TaskError, TaskResult
-from shared.settings import EngineSettings, KafkaSettings, WorkerSettings
+from shared.settings import KafkaSettings
 from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, KafkaHeaders, decode_consumed_task, message_headers
 
 __all__ = ["StartupTimeout", "Worker", "WorkerConfig"]

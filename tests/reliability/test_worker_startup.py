@@ -25,9 +25,10 @@ from consumer.fetcher import Fetcher, FetcherConfig
 from consumer.flow import Backlog
 from consumer.kafka_config import consumer_config, control_config
 from consumer.offsets import OffsetTracker
+from consumer.settings import WorkerSettings
 from producer.embedded_broker import EmbeddedBroker, free_port
 from producer.topics import DLQ_PARTITIONS, TopicAdmin, TopicSpec
-from shared.settings import KafkaSettings, WorkerSettings
+from shared.settings import KafkaSettings
 from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, request_topic
 from tests.http_target import HttpTarget
 from tests.kafka_io import new_test_batch, produce, read_results
