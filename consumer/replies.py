@@ -24,9 +24,9 @@ from functools import partial
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.fetcher import Record
+from consumer.metrics import WORKER_DLQ_RECORDS, WORKER_PRODUCE_ERRORS, WORKER_RESULTS_DROPPED
 from consumer.offsets import OffsetTracker
 from shared.errors import ErrorCode, InvalidEnvelope
-from shared.metrics import WORKER_DLQ_RECORDS, WORKER_PRODUCE_ERRORS, WORKER_RESULTS_DROPPED
 from shared.models import ResultEnvelope, TaskEnvelope, TaskError, TaskResult
 from shared.wire import DLQ_TOPIC, KafkaHeaders, batch_of_reply_topic, dead_letter_record, encode_result
 
