@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Producer
 
 from producer import BrokerUnavailable, ErrorCode, HttpRequest, Task, TaskRunner, TopicMissing
-from producer.embedded_broker import free_port
+from producer.dev.embedded_broker import free_port
 from producer.remote import PartitionKey
 from producer.topics import TopicAdmin, TopicSpec
 from shared.models import ResultEnvelope, TaskError, TaskResult

@@ -15,7 +15,7 @@ from typing import IO
 import pytest
 
 from producer import run
-from producer.embedded_broker import free_port
+from producer.dev.embedded_broker import free_port
 from producer.topics import TopicAdmin
 from shared.models import HttpRequest, Task, TaskResult
 from shared.wire import request_topic

@@ -30,7 +30,7 @@ from confluent_kafka import Producer
 from kafka.admin import KafkaAdminClient
 
 from producer import BrokerUnavailable, HttpRequest, Task, TaskRunner
-from producer.embedded_broker import EmbeddedBroker
+from producer.dev.embedded_broker import EmbeddedBroker
 from producer.shared_producer import close_shared_producers
 from producer.topics import TopicAdmin, TopicSpec
 from shared.wire import CONTROL_KIND_RELEASE, CONTROL_TOPIC, HEADER_KIND, new_batch_id, reply_topic, request_topic

@@ -26,7 +26,7 @@ from consumer.flow import Backlog
 from consumer.kafka_config import consumer_config, control_config
 from consumer.offsets import OffsetTracker
 from consumer.settings import WorkerSettings
-from producer.embedded_broker import EmbeddedBroker, free_port
+from producer.dev.embedded_broker import EmbeddedBroker, free_port
 from producer.topics import DLQ_PARTITIONS, TopicAdmin, TopicSpec
 from shared.settings import KafkaSettings
 from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, request_topic
