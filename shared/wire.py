@@ -36,6 +36,7 @@ from shared.models import (
     ReleaseNotice,
     ResultEnvelope,
     TaskEnvelope,
+    is_topic_name,
     normalize_service_name,
 )
 
@@ -346,8 +347,7 @@ def _salvage(value: bytes) -> tuple[str | None, str | None]:
     reply = raw.get("reply_topic")
     task = raw.get("task")
     task_id = task.get("id") if isinstance(task, dict) else None
-    reply_ok = isinstance(reply, str) and bool(re.fullmatch(r"[A-Za-z0-9._-]{1,249}", reply))
-    return (reply if reply_ok else None), _as_uuid(task_id)
+    return (reply if is_topic_name(reply) else None), _as_uuid(task_id)
 
 
 def _as_uuid(value: object) -> str | None:
