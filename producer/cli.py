@@ -24,10 +24,10 @@ from rich.console import Console
 from producer.report import batch_progress, outcome_counts, summary_table
 from producer.runner import DEFAULT_MAX_INFLIGHT, Mode, TaskRunner
 from producer.shared_producer import close_shared_producers
-from producer.sync import event_loop_runner
 from producer.task_file import read_tasks
 from producer.topics import DEFAULT_REQUEST_PARTITIONS, TopicAdmin
 from shared.errors import BrokerUnavailable, TrsError
+from shared.event_loop import event_loop_runner
 from shared.kafka_logging import kafka_logger
 from shared.models import HttpRequest, Task, TaskResult
 from shared.settings import KafkaSettings
