@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pty
 import re
 import signal
 import subprocess
-import time
+import urllib.request
 from pathlib import Path
 from typing import IO
 
@@ -22,6 +23,7 @@ from shared.wire import request_topic
 from tests.http_target import HttpTarget
 from tests.remote_pools import RemotePools
 from tests.trs_cli import trs, trs_command, trs_env
+from tests.waiting import wait_until
 from tests.worker_process import ROOT
 
 pytestmark = pytest.mark.integration
@@ -154,7 +156,8 @@ def test_make_run_demo_runs_a_remote_batch_and_stops_everything(tmp_path: Path) 
 def test_ctrl_c_during_the_demo_stops_everything(tmp_path: Path) -> None:
     demo = start_trs("dev", "demo", "--tasks", "1000000", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     started = read_until(demo.stderr, "broker at", "the demo")
-    time.sleep(1.0)
+    probes = itertools.count(1)
+    wait_until(lambda: _checks_of_the_first_host(started) > next(probes), 60, "the demo's batch to reach its fleet")
 
     demo.send_signal(signal.SIGINT)
     code = demo.wait(90)
@@ -167,6 +170,15 @@ def test_ctrl_c_during_the_demo_stops_everything(tmp_path: Path) -> None:
     assert len(pids) == 3
     for pid in pids:
         assert not _alive(pid), pid
+
+
+def _checks_of_the_first_host(started: str) -> int:
+    """How often the demo's fleet has had its first host checked, this check included."""
+    match = re.search(r"fleet at (\S+)", started)
+    assert match is not None, started
+    with urllib.request.urlopen(f"{match.group(1)}/hosts/node-1/health", timeout=5) as response:
+        calls: int = json.load(response)["calls"]
+    return calls
 
 
 def _started_pids(text: str) -> list[int]:
