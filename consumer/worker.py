@@ -63,7 +63,7 @@ from shared.metrics import (
     WORKER_TASKS_COMPLETED,
     WORKER_TASKS_RECEIVED,
 )
-from shared.models import CancelEnvelope, TaskEnvelope, TaskError, TaskResult
+from shared.models import CancelEnvelope, TaskEnvelope, TaskResult, error_result
 from shared.settings import EngineSettings, KafkaSettings, WorkerSettings
 from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, KafkaHeaders, decode_consumed_task, message_headers
 
@@ -536,4 +536,4 @@ def _monotonic_deadline(envelope: TaskEnvelope) -> float:
 
 
 def _error_result(envelope: TaskEnvelope, code: ErrorCode) -> TaskResult:
-    return TaskResult(task_id=envelope.task.id, error=TaskError.of(code))
+    return error_result(envelope.task, code)

@@ -23,7 +23,7 @@ from shared.engine.retry import backoff_delay, parse_retry_after, should_retry
 from shared.engine.transport import TlsConfig, Transport, TransportFactory
 from shared.errors import ErrorCode, InternalError, TaskFailed
 from shared.metrics import HTTP_REQUEST_DURATION, HTTP_RETRIES, status_class
-from shared.models import HttpRequest, HttpResponse, Task, TaskError, TaskResult, TransportPolicy
+from shared.models import HttpRequest, HttpResponse, Task, TaskResult, TransportPolicy, error_result
 
 __all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "Engine", "transport_factory"]
 
@@ -77,10 +77,7 @@ def _failure(exc: Exception, transport: Transport) -> TaskFailed | None:
 
 
 def _error(task: Task, code: ErrorCode, attempts: int, started: float, status: int | None = None) -> TaskResult:
-    error = TaskError.of(code)
-    if status is not None:
-        error = error.model_copy(update={"status_code": status})
-    return TaskResult(task_id=task.id, error=error, attempts=attempts, elapsed=time.monotonic() - started)
+    return error_result(task, code, attempts=attempts, elapsed=time.monotonic() - started, status_code=status)
 
 
 class Engine:
@@ -173,7 +170,7 @@ class Engine:
             return _error(task, outcome.code, attempts, started)
         if attempts > 1 and should_retry(0, outcome.status_code, task.policy.retry):
             return _error(task, ErrorCode.RETRIES_EXHAUSTED, attempts, started, outcome.status_code)
-        return TaskResult(task_id=task.id, response=outcome, attempts=attempts, elapsed=elapsed)
+        return TaskResult(task.id, outcome, None, attempts, elapsed, task.labels)
 
     def _send(
         self,

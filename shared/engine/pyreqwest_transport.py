@@ -135,7 +135,7 @@ class PyreqwestTransport(Transport):
         try:
             async with streamed as response:
                 body = await _read_body(response, max_body_bytes)
-                return HttpResponse(status_code=response.status, headers=list(response.headers.items()), body=body)
+                return HttpResponse(response.status, tuple(response.headers.items()), body)
         except TaskFailed:
             raise
         except Exception as exc:

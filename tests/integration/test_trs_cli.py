@@ -65,7 +65,7 @@ def test_run_writes_one_result_line_per_task_and_a_summary(
     completed = trs("run", str(source), "--mode", mode, "--output", str(output), *extra)
 
     assert completed.returncode == 0, completed.stderr
-    results = [TaskResult.model_validate_json(line) for line in output.read_text().splitlines()]
+    results = [TaskResult.from_json(line) for line in output.read_text().splitlines()]
     assert {r.task_id for r in results} == {t.id for t in tasks}
     line = json.loads(output.read_text().splitlines()[0])
     assert set(line) == {"task_id", "response", "error", "attempts", "elapsed"}
