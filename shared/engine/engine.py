@@ -16,12 +16,11 @@ import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
-from prometheus_client import Histogram
-
 from shared.engine.allowlist import TargetAllowlist
 from shared.engine.retry import backoff_delay, parse_retry_after, should_retry
 from shared.engine.transport import TlsConfig, Transport, TransportFactory
 from shared.errors import ErrorCode, InternalError, TaskFailed
+from shared.histogram import HistogramChild
 from shared.metrics import HTTP_REQUEST_DURATION, HTTP_RETRIES, status_class
 from shared.models import HttpRequest, HttpResponse, Task, TaskResult, TransportPolicy, error_result
 
@@ -51,9 +50,8 @@ def transport_factory(name: str) -> TransportFactory:
 
 
 @functools.cache
-def _duration_histogram(method: str, status: int | None) -> Histogram:
-    # prometheus-client's labels() builds and checks the label tuple under a lock on every call;
-    # the labelled child never changes, so look it up once per method and status code.
+def _duration_histogram(method: str, status: int | None) -> HistogramChild:
+    # The labelled child never changes, so it is looked up once per method and status code.
     return HTTP_REQUEST_DURATION.labels(method, status_class(status))
 
 
