@@ -128,7 +128,8 @@ class Engine:
                 return _error(task, exc.code, 0, started)
             except TimeoutError:
                 return _error(task, ErrorCode.TIMEOUT, 0, started)
-        user_agent = _default_user_agent(task)
+        # Most requests set no headers at all, and then no User-Agent either.
+        user_agent = _default_user_agent(task) if request.headers else task.service_name
         transport = self._transport_for(task.policy.transport)
         policy = task.policy.retry
         attempt = 0
