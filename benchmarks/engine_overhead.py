@@ -12,7 +12,7 @@ not wall time, because other processes share the cores; it is the median round, 
 its round ends, so the garbage collector's work on them counts, as it would for a caller.
 
     python -m benchmarks.engine_overhead            # 100,000 tasks a round, 7 rounds a side
-    python -m benchmarks.engine_overhead --quick    # 20,000 tasks, 5 rounds: a few seconds
+    python -m benchmarks.engine_overhead --quick    # 10,000 tasks, 5 rounds: a few seconds of CPU
 
 The last line of stdout is one JSON object with the figures.
 """
@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="measured rounds per side")
     parser.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     args = parser.parse_args()
-    plan = Plan(tasks=20_000, rounds=5) if args.quick else Plan(tasks=100_000, rounds=7)
+    plan = Plan(tasks=10_000, rounds=5) if args.quick else Plan(tasks=100_000, rounds=7)
     plan = Plan(tasks=args.tasks or plan.tasks, rounds=args.rounds or plan.rounds)
     use_uvloop = not args.no_uvloop
     per_task = run_on_loop(lambda: _measure(plan), use_uvloop=use_uvloop)
