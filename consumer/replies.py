@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -293,7 +294,7 @@ class Replies:
         batch_id = letter.batch_id or batch_of_reply_topic(letter.reply_topic)
         if batch_id is None or not await self._topics.exists(letter.reply_topic):
             return None
-        result = TaskResult.model_validate({"task_id": letter.task_id, "error": TaskError.of(letter.code)})
+        result = TaskResult(uuid.UUID(letter.task_id), error=TaskError.of(letter.code))
         value, headers = self._encode(batch_id, result)
         return letter.reply_topic, value, headers, letter.task_id.encode()
 
@@ -303,10 +304,12 @@ class Replies:
             # Kafka would refuse it; the client still gets an outcome.
             log.warning("result of task %s is %d bytes, over the message limit", result.task_id, len(value))
             too_large = TaskResult(
-                task_id=result.task_id,
-                error=TaskError.of(ErrorCode.RESPONSE_TOO_LARGE),
-                attempts=result.attempts,
-                elapsed=result.elapsed,
+                result.task_id,
+                None,
+                TaskError.of(ErrorCode.RESPONSE_TOO_LARGE),
+                result.attempts,
+                result.elapsed,
+                result.labels,
             )
             value, headers = encode_result(
                 ResultEnvelope(batch_id=batch_id, result=too_large, worker=self._worker_name)

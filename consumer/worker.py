@@ -64,7 +64,7 @@ from consumer.replies import DeadLetter, Replies, ReplyTopics
 from consumer.settings import EngineSettings, WorkerSettings
 from shared.engine import Engine, TargetAllowlist, TlsConfig
 from shared.errors import BrokerUnavailable, ErrorCode, InvalidEnvelope, TopicMissing, TrsError
-from shared.models import CancelEnvelope, TaskEnvelope, TaskError, TaskResult
+from shared.models import CancelEnvelope, TaskEnvelope, TaskResult, error_result
 from shared.settings import KafkaSettings
 from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, KafkaHeaders, decode_consumed_task, message_headers
 
@@ -537,4 +537,4 @@ def _monotonic_deadline(envelope: TaskEnvelope) -> float:
 
 
 def _error_result(envelope: TaskEnvelope, code: ErrorCode) -> TaskResult:
-    return TaskResult(task_id=envelope.task.id, error=TaskError.of(code))
+    return error_result(envelope.task, code)

@@ -161,7 +161,7 @@ async def _stream(
             async for result in batch:
                 results.append(result)
                 if output is not None:
-                    output.write(result.model_dump_json() + "\n")
+                    output.write(result.to_json().decode() + "\n")
                 progress.advance(bar)
             await runner.close(batch)
     if output is not None:

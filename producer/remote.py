@@ -48,7 +48,7 @@ from producer.topics import TopicAdmin, TopicSpec
 from shared.engine import TlsConfig
 from shared.errors import BrokerUnavailable, ErrorCode, TopicMissing, UsageError
 from shared.kafka_logging import with_kafka_logging
-from shared.models import CancelEnvelope, ResultEnvelope, Task, TaskEnvelope, TaskError, TaskResult
+from shared.models import CancelEnvelope, ResultEnvelope, Task, TaskEnvelope, TaskResult, error_result
 from shared.producing import produce
 from shared.settings import KafkaSettings
 from shared.wire import CONTROL_TOPIC, encode_cancel, encode_task, reply_topic, request_topic
@@ -407,7 +407,7 @@ def _host_key(task: Task) -> str:
 
 
 def _error(task: Task, code: ErrorCode) -> TaskResult:
-    return TaskResult(task_id=task.id, error=TaskError.of(code))
+    return error_result(task, code)
 
 
 def _errors_into(errors: list[str]) -> Callable[[KafkaError | None, Message], None]:

@@ -16,14 +16,13 @@ import time
 from collections.abc import Awaitable
 from urllib.parse import urlsplit
 
-from prometheus_client import Histogram
-
 from shared.engine.allowlist import TargetAllowlist
 from shared.engine.retry import backoff_delay, parse_retry_after, should_retry
 from shared.engine.transport import TlsConfig, Transport, TransportFactory
 from shared.errors import ErrorCode, InternalError, TaskFailed
+from shared.histogram import HistogramChild
 from shared.metrics import HTTP_REQUEST_DURATION, HTTP_RETRIES, status_class
-from shared.models import HttpRequest, HttpResponse, Task, TaskError, TaskResult, TransportPolicy
+from shared.models import HttpRequest, HttpResponse, Task, TaskResult, TransportPolicy, error_result
 
 __all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "Engine", "transport_factory"]
 
@@ -51,9 +50,8 @@ def transport_factory(name: str) -> TransportFactory:
 
 
 @functools.cache
-def _duration_histogram(method: str, status: int | None) -> Histogram:
-    # prometheus-client's labels() builds and checks the label tuple under a lock on every call;
-    # the labelled child never changes, so look it up once per method and status code.
+def _duration_histogram(method: str, status: int | None) -> HistogramChild:
+    # The labelled child never changes, so it is looked up once per method and status code.
     return HTTP_REQUEST_DURATION.labels(method, status_class(status))
 
 
@@ -77,10 +75,7 @@ def _failure(exc: Exception, transport: Transport) -> TaskFailed | None:
 
 
 def _error(task: Task, code: ErrorCode, attempts: int, started: float, status: int | None = None) -> TaskResult:
-    error = TaskError.of(code)
-    if status is not None:
-        error = error.model_copy(update={"status_code": status})
-    return TaskResult(task_id=task.id, error=error, attempts=attempts, elapsed=time.monotonic() - started)
+    return error_result(task, code, attempts=attempts, elapsed=time.monotonic() - started, status_code=status)
 
 
 class Engine:
@@ -128,7 +123,8 @@ class Engine:
                 return _error(task, exc.code, 0, started)
             except TimeoutError:
                 return _error(task, ErrorCode.TIMEOUT, 0, started)
-        user_agent = _default_user_agent(task)
+        # Most requests set no headers at all, and then no User-Agent either.
+        user_agent = _default_user_agent(task) if request.headers else task.service_name
         transport = self._transport_for(task.policy.transport)
         policy = task.policy.retry
         attempt = 0
@@ -168,7 +164,7 @@ class Engine:
             return _error(task, outcome.code, attempts, started)
         if attempts > 1 and should_retry(0, outcome.status_code, task.policy.retry):
             return _error(task, ErrorCode.RETRIES_EXHAUSTED, attempts, started, outcome.status_code)
-        return TaskResult(task_id=task.id, response=outcome, attempts=attempts, elapsed=elapsed)
+        return TaskResult(task.id, outcome, None, attempts, elapsed, task.labels)
 
     def _send(
         self,

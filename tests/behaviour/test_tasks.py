@@ -344,3 +344,21 @@ def _tls(
     return TlsConfig(
         ca_bundle=text(ca_bundle), client_cert=text(client_cert), client_key=text(client_key), insecure=insecure
     )
+
+
+async def test_a_result_carries_its_tasks_labels_back(make_runner: RunnerFactory, target: HttpTarget) -> None:
+    labelled = task(f"{target.http}/cookies")
+    labelled.labels = {"line": "7", "rack": "x1000c0", "note": "ünïcødé ✓"}
+    refused = task(f"http://127.0.0.1:{free_port()}/", retries=0)
+    refused.labels = {"line": "8"}
+    plain = task(f"{target.http}/cookies")
+
+    async with make_runner() as runner:
+        batch = await runner.launch([labelled, refused, plain])
+        results = {r.task_id: r for r in await batch.wait()}
+
+    assert results[labelled.id].ok
+    assert results[labelled.id].labels == {"line": "7", "rack": "x1000c0", "note": "ünïcødé ✓"}
+    assert results[refused.id].error is not None
+    assert results[refused.id].labels == {"line": "8"}
+    assert results[plain.id].labels == {}

@@ -56,7 +56,7 @@ def test_run_writes_one_result_line_per_task_and_a_summary(
         pools: RemotePools = request.getfixturevalue("remote_pools")
         service, extra = pools.service(()), ["--bootstrap-servers", pools.bootstrap]
     tasks = [Task(service_name=service, request=HttpRequest(url=f"{target.http}/ok")) for _ in range(8)] + [
-        Task(service_name=service, request=HttpRequest(url=f"{target.http}/status/404"))
+        Task(service_name=service, request=HttpRequest(url=f"{target.http}/status/404"), labels={"row": "404"})
     ]
     source = write_tasks(tmp_path / "tasks.jsonl", tasks)
     output = tmp_path / "results.jsonl"
@@ -64,10 +64,11 @@ def test_run_writes_one_result_line_per_task_and_a_summary(
     completed = trs("run", str(source), "--mode", mode, "--output", str(output), *extra)
 
     assert completed.returncode == 0, completed.stderr
-    results = [TaskResult.model_validate_json(line) for line in output.read_text().splitlines()]
+    results = [TaskResult.from_json(line) for line in output.read_text().splitlines()]
     assert {r.task_id for r in results} == {t.id for t in tasks}
     line = json.loads(output.read_text().splitlines()[0])
-    assert set(line) == {"task_id", "response", "error", "attempts", "elapsed"}
+    assert set(line) == {"task_id", "response", "error", "attempts", "elapsed", "labels"}
+    assert {r.task_id: r.labels for r in results}[tasks[-1].id] == {"row": "404"}
     assert set(line["response"]) == {"status_code", "headers", "body"}
     table = " ".join(completed.stdout.split())
     assert "9 tasks in" in table
