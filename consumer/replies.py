@@ -214,30 +214,45 @@ class Replies:
         #: Reply topics whose drop was logged lately, so each is logged once.
         self._dropped_topics = _Expiring(MISSING_TTL, MAX_REMEMBERED_TOPICS, clock)
 
-    async def send_result(self, record: Record, batch_id: str, reply_topic: str, result: TaskResult) -> None:
-        """Produce ``result`` to ``reply_topic``; the record is done once the broker has it."""
-        acks = _Acks(self._tracker, record, 1)
-        # Nearly always known, so the lookup's coroutine is only made when it isn't.
+    def produce_result(self, record: Record, batch_id: str, reply_topic: str, result: TaskResult) -> bool:
+        """Produce ``result`` to ``reply_topic`` without waiting, as nearly always happens; ``False``
+        when that needs a wait (the topic is not known yet, or the producer's queue is full): call
+        ``send_result`` then. The record is done once the broker has the result."""
         exists = self._topics.known(reply_topic)
         if exists is None:
-            exists = await self._topics.exists(reply_topic)
+            return False
         if not exists:
+            self._drop(reply_topic)
+            _Acks(self._tracker, record, 1).done()
+            return True
+        value, headers = self._encode(batch_id, result)
+        try:
+            on_delivery = partial(self._delivered, _Acks(self._tracker, record, 1))
+            return self._try_produce(reply_topic, value, headers, _key(result), on_delivery)
+        except KafkaException as exc:
+            self._produce_failed(record, reply_topic, exc)
+            return True
+
+    async def send_result(self, record: Record, batch_id: str, reply_topic: str, result: TaskResult) -> None:
+        """Produce ``result`` to ``reply_topic``, waiting for the topic's lookup or for room if need be."""
+        acks = _Acks(self._tracker, record, 1)
+        if not await self._topics.exists(reply_topic):
             self._drop(reply_topic)
             acks.done()
             return
         value, headers = self._encode(batch_id, result)
-        key = str(result.task_id).encode()
-        on_delivery = partial(self._delivered, acks)
         try:
-            if not self._try_produce(reply_topic, value, headers, key, on_delivery):
-                await self._produce(reply_topic, value, headers, key, on_delivery)
+            await self._produce(reply_topic, value, headers, _key(result), partial(self._delivered, acks))
         except KafkaException as exc:
-            if _code(exc) in _TOPIC_GONE:
-                self._drop(reply_topic)
-                acks.done()
-                return
-            log.error("could not produce the result of %s to %s: %s; it runs again", _where(record), reply_topic, exc)
-            WORKER_PRODUCE_ERRORS.inc()
+            self._produce_failed(record, reply_topic, exc)
+
+    def _produce_failed(self, record: Record, reply_topic: str, exc: KafkaException) -> None:
+        if _code(exc) in _TOPIC_GONE:
+            self._drop(reply_topic)
+            self._tracker.mark_done(record.key, record.offset, record.epoch)
+            return
+        log.error("could not produce the result of %s to %s: %s; it runs again", _where(record), reply_topic, exc)
+        WORKER_PRODUCE_ERRORS.inc()
 
     async def dead_letter(self, record: Record, headers: KafkaHeaders | None, letter: DeadLetter) -> None:
         """Send a record, with the headers read from it (``None``: unreadable), to the dead-letter
@@ -370,6 +385,10 @@ def _dead_letter_failed(acks: _Acks, error: str) -> None:
 def _code(exc: KafkaException) -> int | None:
     error = exc.args[0] if exc.args else None
     return error.code() if isinstance(error, KafkaError) else None
+
+
+def _key(result: TaskResult) -> bytes:
+    return str(result.task_id).encode()
 
 
 def _where(record: Record) -> str:

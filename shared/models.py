@@ -8,10 +8,11 @@ Durations are seconds (floats). Header lists keep order and allow a name to repe
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, Self
 
@@ -21,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -253,6 +255,40 @@ class ClientPolicy(BaseModel):
     transport: TransportPolicy = TransportPolicy()
 
 
+class _PolicyInterner:
+    """Equal policies, as validated from dicts (decoded task messages, task files), become one object.
+
+    A worker decodes every task with its policy, and the engine picks a task's connection pool by
+    its transport policy: one shared object is found by identity there, where a fresh one would be
+    hashed and compared field by field. A dict equal to one seen before is not validated again: the
+    policy fields are numbers, booleans and ``None``, and pydantic validates values Python finds
+    equal (``1``, ``1.0``, ``true``) to the same policy. Only the latest ``MAX_POLICIES`` dicts are
+    remembered, so hostile input costs a validation per task, as without the table, and no memory.
+    """
+
+    MAX_POLICIES = 16
+
+    def __init__(self, default: ClientPolicy) -> None:
+        # Newest first; a tuple replaced whole, so threads validating tasks at once never see it change.
+        self._entries: tuple[tuple[dict[str, Any], ClientPolicy], ...] = ((default.model_dump(), default),)
+
+    def intern(self, raw: dict[str, Any], validate: Callable[[Any], ClientPolicy]) -> ClientPolicy:
+        for seen, policy in self._entries:
+            if seen == raw:
+                return policy
+        policy = validate(raw)
+        canonical = policy.model_dump()
+        known = next((p for seen, p in self._entries if seen == canonical), policy)
+        # The caller's dict may change later: the table keeps its own copy.
+        self._entries = ((copy.deepcopy(raw), known), *self._entries[: self.MAX_POLICIES - 1])
+        return known
+
+
+#: Every task that sets no policy shares this one.
+DEFAULT_POLICY = ClientPolicy()
+_policies = _PolicyInterner(DEFAULT_POLICY)
+
+
 class Task(BaseModel):
     """One unit of work: an HTTP request with its timeout and policy.
 
@@ -266,8 +302,16 @@ class Task(BaseModel):
     service_name: ServiceName
     request: HttpRequest
     timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=86_400)
-    policy: ClientPolicy = ClientPolicy()
+    policy: ClientPolicy = DEFAULT_POLICY
     ignore: bool = False
+
+    @field_validator("policy", mode="wrap")
+    @classmethod
+    def _one_object_per_policy(cls, value: Any, validate: ValidatorFunctionWrapHandler) -> ClientPolicy:
+        if isinstance(value, dict):
+            return _policies.intern(value, validate)
+        policy: ClientPolicy = validate(value)
+        return policy
 
 
 class HttpResponse(BaseModel):
