@@ -67,6 +67,14 @@ class _Expiring:
     def __len__(self) -> int:
         return len(self._since)
 
+    def age(self, topic: str) -> float | None:
+        """Seconds since ``topic`` was added, while it is remembered; else ``None``."""
+        since = self._since.get(topic)
+        if since is None:
+            return None
+        age = self._clock() - since
+        return age if age < self._ttl else None
+
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._since))
 
@@ -100,27 +108,46 @@ class ReplyTopics:
         return len(self._existing) + len(self._missing)
 
     def known(self, topic: str) -> bool | None:
-        """Whether ``topic`` exists, from a lookup recent enough to trust; ``None`` when there is none."""
-        if topic in self._existing:
+        """Whether ``topic`` exists, from a lookup recent enough to trust; ``None`` when there is none.
+
+        Past half its ``EXISTS_TTL``, a topic seen to exist is looked up again in the background,
+        so a busy batch's results never all wait for a lookup when the answer expires. Call it on
+        the event loop.
+        """
+        age = self._existing.age(topic)
+        if age is not None:
+            if age >= EXISTS_TTL / 2 and topic not in self._lookups:
+                self._look_up(topic)
             return True
         if topic in self._missing:
             return False
         return None
 
+    def refreshing(self, topic: str) -> bool:
+        """Whether a lookup of ``topic`` is under way."""
+        return topic in self._lookups
+
     async def exists(self, topic: str) -> bool:
         known = self.known(topic)
         if known is not None:
             return known
-        lookup = self._lookups.get(topic)
-        if lookup is None:
-            # One lookup per topic at a time, however many results wait on it.
-            lookup = asyncio.get_running_loop().run_in_executor(None, self._lookup, topic)
-            self._lookups[topic] = lookup
-            lookup.add_done_callback(lambda _: self._lookups.pop(topic, None))
-        exists = await asyncio.shield(lookup)
+        # One lookup per topic at a time, however many results wait on it.
+        lookup = self._lookups.get(topic) or self._look_up(topic)
+        return await asyncio.shield(lookup)
+
+    def _look_up(self, topic: str) -> asyncio.Future[bool]:
+        lookup = asyncio.get_running_loop().run_in_executor(None, self._lookup, topic)
+        self._lookups[topic] = lookup
+        lookup.add_done_callback(partial(self._looked_up, topic))
+        return lookup
+
+    def _looked_up(self, topic: str, lookup: asyncio.Future[bool]) -> None:
+        self._lookups.pop(topic, None)
+        if lookup.cancelled() or lookup.exception() is not None:
+            return
+        exists = lookup.result()
         (self._missing if exists else self._existing).discard(topic)
         (self._existing if exists else self._missing).add(topic)
-        return exists
 
     def _lookup(self, topic: str) -> bool:
         try:
