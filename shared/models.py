@@ -269,19 +269,33 @@ class _PolicyInterner:
     MAX_POLICIES = 16
 
     def __init__(self, default: ClientPolicy) -> None:
+        #: Never evicted: the policy of every task that sets none, or sets it to the defaults.
+        self._default = (default.model_dump(), default)
         # Newest first; a tuple replaced whole, so threads validating tasks at once never see it change.
-        self._entries: tuple[tuple[dict[str, Any], ClientPolicy], ...] = ((default.model_dump(), default),)
+        self._entries: tuple[tuple[dict[str, Any], ClientPolicy], ...] = ()
 
     def intern(self, raw: dict[str, Any], validate: Callable[[Any], ClientPolicy]) -> ClientPolicy:
+        known = self._find(raw)
+        if known is not None:
+            return known
+        policy = validate(raw)
+        # Each policy is kept under its full dump too, so a dict that sets fewer fields finds it.
+        canonical = policy.model_dump()
+        known = self._find(canonical)
+        if known is None:
+            known = policy
+            self._entries = ((canonical, known), *self._entries)
+        # The caller's dict may change later: the table keeps a copy of it.
+        self._entries = ((copy.deepcopy(raw), known), *self._entries)[: self.MAX_POLICIES]
+        return known
+
+    def _find(self, raw: dict[str, Any]) -> ClientPolicy | None:
+        if raw == self._default[0]:
+            return self._default[1]
         for seen, policy in self._entries:
             if seen == raw:
                 return policy
-        policy = validate(raw)
-        canonical = policy.model_dump()
-        known = next((p for seen, p in self._entries if seen == canonical), policy)
-        # The caller's dict may change later: the table keeps its own copy.
-        self._entries = ((copy.deepcopy(raw), known), *self._entries[: self.MAX_POLICIES - 1])
-        return known
+        return None
 
 
 #: Every task that sets no policy shares this one.
