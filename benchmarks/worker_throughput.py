@@ -31,7 +31,9 @@ The machine is shared, so wall-clock rates are noisy. A full run repeats the thr
 interleaved, and reports the median drain and the median local round; ``--quick`` runs each once. Each figure
 also comes with CPU microseconds per task: of the worker processes and of their event-loop threads alone (the
 bottleneck: the hot path runs there), of the broker and of nginx over the same span, and of the local child and
-its event-loop thread. Those move far less with the machine's load than rates do.
+its event-loop thread. Those move far less with the machine's load than rates do. ``thread_cpu_us_per_task``
+splits the workers' CPU by kind of thread (``main``, ``pyreqwest``'s runtime, librdkafka's ``rdk:*``, ``python``
+for the fetcher and the other Python threads), which says where the CPU outside the event loop goes.
 
     python -m benchmarks.worker_throughput            # full run: 50,000 tasks, three times
     python -m benchmarks.worker_throughput --quick    # 10,000 tasks once: under a minute
