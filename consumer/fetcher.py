@@ -245,18 +245,22 @@ class Fetcher:
             messages += self._consumer.consume(limit - 1, 0)
         # Before the records are tracked: a stall inside consume is noticed before any is handed on.
         self._beat()
-        records = []
+        kept, consumed = [], []
         for message in messages:
             error = message.error()
             offset = message.offset()
             if error is not None or offset is None:
                 self._log_consume_error(error)
                 continue
-            key = (message.topic() or "", message.partition() or 0)
-            epoch = self._tracker.track(key, offset)
-            if epoch is not None:
-                records.append(Record(message, key, offset, epoch))
-        return records
+            kept.append(message)
+            consumed.append(((message.topic() or "", message.partition() or 0), offset))
+        # One lock for the batch: the event loop takes the same lock for every record it starts and ends.
+        epochs = self._tracker.track_batch(consumed)
+        return [
+            Record(message, key, offset, epoch)
+            for message, (key, offset), epoch in zip(kept, consumed, epochs, strict=True)
+            if epoch is not None
+        ]
 
     @staticmethod
     def _log_consume_error(error: KafkaError | None) -> None:

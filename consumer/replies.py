@@ -67,6 +67,14 @@ class _Expiring:
     def __len__(self) -> int:
         return len(self._since)
 
+    def age(self, topic: str) -> float | None:
+        """Seconds since ``topic`` was added, while it is remembered; else ``None``."""
+        since = self._since.get(topic)
+        if since is None:
+            return None
+        age = self._clock() - since
+        return age if age < self._ttl else None
+
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._since))
 
@@ -100,27 +108,46 @@ class ReplyTopics:
         return len(self._existing) + len(self._missing)
 
     def known(self, topic: str) -> bool | None:
-        """Whether ``topic`` exists, from a lookup recent enough to trust; ``None`` when there is none."""
-        if topic in self._existing:
+        """Whether ``topic`` exists, from a lookup recent enough to trust; ``None`` when there is none.
+
+        Past half its ``EXISTS_TTL``, a topic seen to exist is looked up again in the background,
+        so a busy batch's results never all wait for a lookup when the answer expires. Call it on
+        the event loop.
+        """
+        age = self._existing.age(topic)
+        if age is not None:
+            if age >= EXISTS_TTL / 2 and topic not in self._lookups:
+                self._look_up(topic)
             return True
         if topic in self._missing:
             return False
         return None
 
+    def refreshing(self, topic: str) -> bool:
+        """Whether a lookup of ``topic`` is under way."""
+        return topic in self._lookups
+
     async def exists(self, topic: str) -> bool:
         known = self.known(topic)
         if known is not None:
             return known
-        lookup = self._lookups.get(topic)
-        if lookup is None:
-            # One lookup per topic at a time, however many results wait on it.
-            lookup = asyncio.get_running_loop().run_in_executor(None, self._lookup, topic)
-            self._lookups[topic] = lookup
-            lookup.add_done_callback(lambda _: self._lookups.pop(topic, None))
-        exists = await asyncio.shield(lookup)
+        # One lookup per topic at a time, however many results wait on it.
+        lookup = self._lookups.get(topic) or self._look_up(topic)
+        return await asyncio.shield(lookup)
+
+    def _look_up(self, topic: str) -> asyncio.Future[bool]:
+        lookup = asyncio.get_running_loop().run_in_executor(None, self._lookup, topic)
+        self._lookups[topic] = lookup
+        lookup.add_done_callback(partial(self._looked_up, topic))
+        return lookup
+
+    def _looked_up(self, topic: str, lookup: asyncio.Future[bool]) -> None:
+        self._lookups.pop(topic, None)
+        if lookup.cancelled() or lookup.exception() is not None:
+            return
+        exists = lookup.result()
         (self._missing if exists else self._existing).discard(topic)
         (self._existing if exists else self._missing).add(topic)
-        return exists
 
     def _lookup(self, topic: str) -> bool:
         try:
@@ -214,30 +241,54 @@ class Replies:
         #: Reply topics whose drop was logged lately, so each is logged once.
         self._dropped_topics = _Expiring(MISSING_TTL, MAX_REMEMBERED_TOPICS, clock)
 
-    async def send_result(self, record: Record, batch_id: str, reply_topic: str, result: TaskResult) -> None:
-        """Produce ``result`` to ``reply_topic``; the record is done once the broker has it."""
-        acks = _Acks(self._tracker, record, 1)
-        # Nearly always known, so the lookup's coroutine is only made when it isn't.
+    def produce_result(self, record: Record, batch_id: str, reply_topic: str, result: TaskResult) -> bool:
+        """Produce ``result`` to ``reply_topic`` without waiting, as nearly always happens; ``False``
+        when that needs a wait (the topic is not known yet, or the producer's queue is full): call
+        ``send_result`` then. The record is done once the broker has the result."""
         exists = self._topics.known(reply_topic)
         if exists is None:
-            exists = await self._topics.exists(reply_topic)
+            return False
         if not exists:
+            self._drop(reply_topic)
+            _Acks(self._tracker, record, 1).done()
+            return True
+        value, headers = self._encode(batch_id, result)
+        try:
+            on_delivery = partial(self._delivered, _Acks(self._tracker, record, 1))
+            return try_produce(
+                self._producer, reply_topic, value, key=_key(result), headers=headers, on_delivery=on_delivery
+            )
+        except KafkaException as exc:
+            self._produce_failed(record, reply_topic, exc)
+            return True
+
+    async def send_result(self, record: Record, batch_id: str, reply_topic: str, result: TaskResult) -> None:
+        """Produce ``result`` to ``reply_topic``, waiting for the topic's lookup or for room if need be."""
+        acks = _Acks(self._tracker, record, 1)
+        if not await self._topics.exists(reply_topic):
             self._drop(reply_topic)
             acks.done()
             return
         value, headers = self._encode(batch_id, result)
-        key = str(result.task_id).encode()
-        on_delivery = partial(self._delivered, acks)
         try:
-            if not try_produce(self._producer, reply_topic, value, key=key, headers=headers, on_delivery=on_delivery):
-                await produce(self._producer, reply_topic, value, key=key, headers=headers, on_delivery=on_delivery)
+            await produce(
+                self._producer,
+                reply_topic,
+                value,
+                key=_key(result),
+                headers=headers,
+                on_delivery=partial(self._delivered, acks),
+            )
         except KafkaException as exc:
-            if _code(exc) in _TOPIC_GONE:
-                self._drop(reply_topic)
-                acks.done()
-                return
-            log.error("could not produce the result of %s to %s: %s; it runs again", _where(record), reply_topic, exc)
-            WORKER_PRODUCE_ERRORS.inc()
+            self._produce_failed(record, reply_topic, exc)
+
+    def _produce_failed(self, record: Record, reply_topic: str, exc: KafkaException) -> None:
+        if _code(exc) in _TOPIC_GONE:
+            self._drop(reply_topic)
+            self._tracker.mark_done(record.key, record.offset, record.epoch)
+            return
+        log.error("could not produce the result of %s to %s: %s; it runs again", _where(record), reply_topic, exc)
+        WORKER_PRODUCE_ERRORS.inc()
 
     async def dead_letter(self, record: Record, headers: KafkaHeaders | None, letter: DeadLetter) -> None:
         """Send a record, with the headers read from it (``None``: unreadable), to the dead-letter
@@ -358,6 +409,10 @@ def _dead_letter_failed(acks: _Acks, error: str) -> None:
 def _code(exc: KafkaException) -> int | None:
     error = exc.args[0] if exc.args else None
     return error.code() if isinstance(error, KafkaError) else None
+
+
+def _key(result: TaskResult) -> bytes:
+    return str(result.task_id).encode()
 
 
 def _where(record: Record) -> str:

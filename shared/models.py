@@ -15,6 +15,7 @@ Durations are seconds (floats). Header lists keep order and allow a name to repe
 from __future__ import annotations
 
 import binascii
+import copy
 import functools
 import re
 import uuid
@@ -32,6 +33,7 @@ from pydantic import (
     PlainSerializer,
     TypeAdapter,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -373,6 +375,54 @@ class ClientPolicy(BaseModel):
     transport: TransportPolicy = TransportPolicy()
 
 
+class _PolicyInterner:
+    """Equal policies, as validated from dicts (decoded task messages, task files), become one object.
+
+    A worker decodes every task with its policy, and the engine picks a task's connection pool by
+    its transport policy: one shared object is found by identity there, where a fresh one would be
+    hashed and compared field by field. A dict equal to one seen before is not validated again: the
+    policy fields are numbers, booleans and ``None``, and pydantic validates values Python finds
+    equal (``1``, ``1.0``, ``true``) to the same policy. Only the latest ``MAX_POLICIES`` dicts are
+    remembered, so hostile input costs a validation per task, as without the table, and no memory.
+    """
+
+    MAX_POLICIES = 16
+
+    def __init__(self, default: ClientPolicy) -> None:
+        #: Never evicted: the policy of every task that sets none, or sets it to the defaults.
+        self._default = (default.model_dump(), default)
+        # Newest first; a tuple replaced whole, so threads validating tasks at once never see it change.
+        self._entries: tuple[tuple[dict[str, Any], ClientPolicy], ...] = ()
+
+    def intern(self, raw: dict[str, Any], validate: Callable[[Any], ClientPolicy]) -> ClientPolicy:
+        known = self._find(raw)
+        if known is not None:
+            return known
+        policy = validate(raw)
+        # Each policy is kept under its full dump too, so a dict that sets fewer fields finds it.
+        canonical = policy.model_dump()
+        known = self._find(canonical)
+        if known is None:
+            known = policy
+            self._entries = ((canonical, known), *self._entries)
+        # The caller's dict may change later: the table keeps a copy of it.
+        self._entries = ((copy.deepcopy(raw), known), *self._entries)[: self.MAX_POLICIES]
+        return known
+
+    def _find(self, raw: dict[str, Any]) -> ClientPolicy | None:
+        if raw == self._default[0]:
+            return self._default[1]
+        for seen, policy in self._entries:
+            if seen == raw:
+                return policy
+        return None
+
+
+#: Every task that sets no policy shares this one.
+DEFAULT_POLICY = ClientPolicy()
+_policies = _PolicyInterner(DEFAULT_POLICY)
+
+
 class Task(BaseModel):
     """One unit of work: an HTTP request with its timeout and policy.
 
@@ -388,9 +438,17 @@ class Task(BaseModel):
     service_name: ServiceName
     request: HttpRequest
     timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=86_400)
-    policy: ClientPolicy = ClientPolicy()
+    policy: ClientPolicy = DEFAULT_POLICY
     ignore: bool = False
     labels: LabelsField = EMPTY_LABELS
+
+    @field_validator("policy", mode="wrap")
+    @classmethod
+    def _one_object_per_policy(cls, value: Any, validate: ValidatorFunctionWrapHandler) -> ClientPolicy:
+        if isinstance(value, dict):
+            return _policies.intern(value, validate)
+        policy: ClientPolicy = validate(value)
+        return policy
 
 
 #: For every result class: what pydantic needs to read them from JSON (bodies as base64), with no input in errors.

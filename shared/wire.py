@@ -294,16 +294,21 @@ def _base_headers(batch_id: str, task_id: str | None) -> KafkaHeaders:
     return headers
 
 
+def _json(envelope: BaseModel) -> bytes:
+    # Straight to bytes: model_dump_json() builds a str that .encode() then copies.
+    return envelope.__pydantic_serializer__.to_json(envelope)
+
+
 def encode_task(envelope: TaskEnvelope) -> tuple[bytes, KafkaHeaders]:
     """Value bytes and headers of a task message."""
     headers = _base_headers(envelope.batch_id, str(envelope.task.id))
-    return envelope.model_dump_json().encode(), headers
+    return _json(envelope), headers
 
 
 def encode_result(envelope: ResultEnvelope) -> tuple[bytes, KafkaHeaders]:
     """Value bytes and headers of a result message."""
     headers = _base_headers(envelope.batch_id, str(envelope.result.task_id))
-    return envelope.model_dump_json().encode(), headers
+    return _json(envelope), headers
 
 
 def encode_cancel(envelope: CancelEnvelope) -> tuple[bytes, KafkaHeaders]:
@@ -405,7 +410,12 @@ def decode_consumed_task(
     if len(headers) > MAX_TASK_HEADERS:
         raise _salvaged(f"headers: {len(headers)}, over the limit of {MAX_TASK_HEADERS}", value)
     if max_message_bytes is not None:
-        size = len(value or b"") + sum(_header_size(k, v) for k, v in headers)
+        size = len(value or b"")
+        for key, header in headers:
+            # A str counts in UTF-8 bytes; TRS's own headers are ASCII names and bytes values.
+            size += len(key) if key.isascii() else len(_as_bytes(key))
+            if header is not None:
+                size += len(header) if isinstance(header, bytes) else len(_as_bytes(header))
         if size > max_message_bytes:
             raise _salvaged(f"message: {size} bytes, over the limit of {max_message_bytes}", value)
     return decode_task(value, headers)
