@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from prometheus_client import Histogram
 
 from shared.engine.allowlist import TargetAllowlist
+from shared.engine.hosts import HostRegistry
 from shared.engine.retry import backoff_delay, parse_retry_after, should_retry
 from shared.engine.transport import TlsConfig, Transport, TransportFactory
 from shared.errors import ErrorCode, InternalError, TaskFailed
@@ -102,6 +103,7 @@ class Engine:
         self._last_transport: tuple[TransportPolicy, TlsConfig, Transport] | None = None
         self._host_limits: dict[tuple[TransportPolicy, str], asyncio.Semaphore] = {}
         self._clock: Callable[[], float] = time.monotonic
+        self._hosts = HostRegistry(clock=self._clock)
 
     @property
     def tls(self) -> TlsConfig:
@@ -136,10 +138,14 @@ class Engine:
         user_agent = _default_user_agent(task)
         transport = self._transport_for(task.policy.transport)
         policy = task.policy.retry
+        host = self._hosts.host(request.url, task.policy.host)
         attempt = 0
         while True:
             if self._clock() >= deadline:
                 return _error(task, ErrorCode.TIMEOUT, attempt, started)
+            refused = await host.enter(deadline, sent_before=attempt > 0)
+            if refused is not None:
+                return _error(task, refused, attempt, started)
             attempt += 1
             # The attempt is awaited right here, not in a coroutine of its own: at 16,000 requests in
             # flight every object a request holds is promoted to the old GC generation, and each one
@@ -150,9 +156,13 @@ class Engine:
                 outcome = await self._send(transport, request, user_agent, task.policy.transport, deadline)
             except Exception as exc:
                 outcome = _failure(exc, transport)
+            except BaseException:
+                host.abandon(sent)
+                raise
             finally:
                 status = outcome.status_code if isinstance(outcome, HttpResponse) else None
                 _duration_histogram(request.method, status).observe(self._clock() - sent)
+            host.leave(outcome, sent, honor_retry_after=policy.honor_retry_after)
             if outcome is None:
                 return _error(task, ErrorCode.TIMEOUT, attempt, started)
             verdict = outcome.status_code if isinstance(outcome, HttpResponse) else outcome
