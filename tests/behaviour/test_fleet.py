@@ -128,7 +128,7 @@ async def test_a_refusing_host_opens_its_breaker_and_healthy_hosts_go_on(
 ) -> None:
     caplog.set_level(logging.INFO, logger="shared.engine.hosts")
     k = uuid.uuid4().hex
-    limits = {"max_concurrent_per_host": 1, "breaker": {"failures": 3, "window": 60, "cooldown": 2}}
+    limits: dict[str, Any] = {"max_concurrent_per_host": 1, "breaker": {"failures": 3, "window": 60, "cooldown": 2}}
     healthy = task(f"{target.http}/status/200?key={k}", retries=0, **limits)
     with counting_proxy(target.http) as proxy:
         dead = task(f"{proxy.url}/ok", retries=0, **limits)

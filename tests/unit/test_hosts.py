@@ -323,3 +323,19 @@ def test_the_burst_defaults_to_a_second_of_the_rate() -> None:
     assert HostPolicy(rate_per_host=10).burst == 10
     assert HostPolicy(rate_per_host=0.5).burst == 1
     assert HostPolicy(rate_per_host=10, rate_burst=3).burst == 3
+
+
+def test_the_run_flags_set_the_cap_and_rate_and_keep_the_rest_of_each_policy() -> None:
+    from producer.host_limits import with_host_limits
+
+    shared = ClientPolicy.model_validate({"retry": {"retries": 1}, "host": {"breaker": {"failures": 2}}})
+    tasks = [Task(service_name="svc", request=HttpRequest(url="http://bmc/"), policy=shared) for _ in range(3)]
+
+    limited = with_host_limits(tasks, per_host=2, rate_per_host=4.0)
+
+    assert [t.id for t in limited] == [t.id for t in tasks]
+    policy = limited[0].policy
+    assert all(t.policy is policy for t in limited)
+    assert policy.host == HostPolicy(max_concurrent_per_host=2, rate_per_host=4.0, breaker=BreakerPolicy(failures=2))
+    assert policy.retry.retries == 1
+    assert with_host_limits(tasks, per_host=None, rate_per_host=None) == tasks
