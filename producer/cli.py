@@ -195,10 +195,22 @@ def topics() -> None:
 
 @topics.command("init")
 @click.option("--service", "services", multiple=True, help="Also create this service's request topic. Repeatable.")
-@click.option("--partitions", type=click.IntRange(min=1), default=DEFAULT_REQUEST_PARTITIONS, show_default=True)
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=DEFAULT_REQUEST_PARTITIONS,
+    show_default=True,
+    help="Partitions of each request topic: the most workers that can share a service.",
+)
 @bootstrap_option
 def topics_init(services: tuple[str, ...], partitions: int, bootstrap_servers: str | None) -> None:
-    """Create trs-control, trs-dlq and the request topics of the services named, where missing."""
+    """Create trs-control, trs-dlq and the request topics of the services named, where missing.
+
+    Per-host limits are kept by each worker. For them to hold across workers, launch with
+    partition_key="host", so every task for a host goes to one partition and so to one worker,
+    and give a few times more partitions than workers, so the hosts spread evenly over them.
+    With partition_key="task" each worker keeps its own limits.
+    """
     admin = TopicAdmin(_kafka(bootstrap_servers).librdkafka_config())
     try:
         created = admin.init(services, partitions=partitions)

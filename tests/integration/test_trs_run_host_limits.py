@@ -58,3 +58,13 @@ def test_a_limit_out_of_range_is_refused(tmp_path: Path, flag: str, value: str, 
 
     assert completed.returncode == 2
     assert message in completed.stderr
+
+
+def test_topics_init_says_how_to_choose_the_partitions_and_key() -> None:
+    completed = trs("topics", "init", "--help")
+
+    assert completed.returncode == 0
+    text = " ".join(completed.stdout.split())
+    assert 'launch with partition_key="host", so every task for a host goes to one partition' in text
+    assert "give a few times more partitions than workers" in text
+    assert 'With partition_key="task" each worker keeps its own limits.' in text
