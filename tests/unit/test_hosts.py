@@ -339,3 +339,24 @@ def test_the_run_flags_set_the_cap_and_rate_and_keep_the_rest_of_each_policy() -
     assert policy.host == HostPolicy(max_concurrent_per_host=2, rate_per_host=4.0, breaker=BreakerPolicy(failures=2))
     assert policy.retry.retries == 1
     assert with_host_limits(tasks, per_host=None, rate_per_host=None) == tasks
+
+
+async def test_a_retry_the_breaker_stops_ends_with_what_its_last_attempt_got() -> None:
+    sent = 0
+
+    async def refuse(request: HttpRequest) -> HttpResponse:
+        nonlocal sent
+        sent += 1
+        raise ConnectFailed("refused")
+
+    engine = Engine(transport=lambda policy, tls: MockTransport(refuse))
+    one = Task(
+        service_name="svc",
+        request=HttpRequest(url="http://bmc/"),
+        policy={"retry": {"retries": 3, "backoff_initial": 0.01}, "host": {"breaker": {"failures": 2}}},
+    )
+
+    result = await engine.run(one)
+
+    assert result.error is not None and result.error.code is ErrorCode.CONNECT_ERROR
+    assert (result.attempts, sent) == (2, 2)
