@@ -138,7 +138,8 @@ class Engine:
         user_agent = _default_user_agent(task)
         transport = self._transport_for(task.policy.transport)
         policy = task.policy.retry
-        host = self._hosts.host(request.url, task.policy.host)
+        # The host as the task's URL names it, not the address the allowlist may have put in its place.
+        host = self._hosts.host(task.request.url, task.policy.host)
         last: HttpResponse | TaskFailed | None = None
         attempt = 0
         while True:
