@@ -51,8 +51,10 @@ __all__ = [
     "MAX_LABEL_VALUE_LENGTH",
     "MAX_REQUEST_HEADERS",
     "SCHEMA_VERSION",
+    "BreakerPolicy",
     "CancelEnvelope",
     "ClientPolicy",
+    "HostPolicy",
     "HttpRequest",
     "HttpResponse",
     "Labels",
@@ -364,8 +366,55 @@ class TransportPolicy(BaseModel):
     keep_alive: bool = True
 
 
+class BreakerPolicy(BaseModel):
+    """A host's circuit breaker: when it opens, and how long it stays open.
+
+    ``failures`` connection errors or timeouts in a row to one host, the first of them no more than
+    ``window`` seconds before the last, open it. For ``cooldown`` seconds its tasks then end
+    ``circuit_open``, unsent; after that one probe goes through, and its outcome closes the breaker
+    or opens it again. The defaults suit a fleet of BMCs: one that is rebooting refuses or times
+    out for a minute or more, and five failures in a row rule out a lost packet.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    failures: int = Field(default=5, ge=1, le=1000)
+    window: float = Field(default=60.0, gt=0, le=3600)
+    cooldown: float = Field(default=30.0, gt=0, le=3600)
+
+
+class HostPolicy(BaseModel):
+    """Limits per target host (host and port, as the URL names them), kept by the engine.
+
+    ``max_concurrent_per_host`` caps the requests in flight to one host; ``None`` sets no cap.
+    ``rate_per_host`` is a token bucket in requests per second, with room for ``rate_burst`` at
+    once (the whole second's worth when unset); every attempt, retries too, takes a token.
+    ``breaker`` is on unless set to ``None``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    max_concurrent_per_host: int | None = Field(default=None, ge=1, le=100_000)
+    rate_per_host: float | None = Field(default=None, gt=0, le=100_000)
+    rate_burst: int | None = Field(default=None, ge=1, le=100_000)
+    breaker: BreakerPolicy | None = BreakerPolicy()
+
+    @model_validator(mode="after")
+    def _burst_needs_a_rate(self) -> Self:
+        if (self.rate_burst is not None) and (self.rate_per_host is None):
+            raise ValueError("rate_burst needs rate_per_host")
+        return self
+
+    @property
+    def burst(self) -> int:
+        """Requests a full bucket lets through at once."""
+        if self.rate_burst is not None:
+            return self.rate_burst
+        return max(1, int(self.rate_per_host or 1))
+
+
 class ClientPolicy(BaseModel):
-    """Retry plus transport policy; Go TRS's ``ClientPolicy``."""
+    """Retry, transport and per-host policy; Go TRS's ``ClientPolicy`` plus the host limits."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -373,6 +422,7 @@ class ClientPolicy(BaseModel):
     # policy then costs no policy models of its own (there are often 100,000 tasks in memory).
     retry: RetryPolicy = RetryPolicy()
     transport: TransportPolicy = TransportPolicy()
+    host: HostPolicy = HostPolicy()
 
 
 class _PolicyInterner:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable
 from urllib.parse import urlsplit
 
 from shared.engine.allowlist import TargetAllowlist
+from shared.engine.hosts import HostRegistry
 from shared.engine.retry import backoff_delay, parse_retry_after, should_retry
 from shared.engine.transport import TlsConfig, Transport, TransportFactory
 from shared.errors import ErrorCode, InternalError, TaskFailed
@@ -96,6 +97,7 @@ class Engine:
         self._transports: dict[tuple[TransportPolicy, TlsConfig], Transport] = {}
         self._last_transport: tuple[TransportPolicy, TlsConfig, Transport] | None = None
         self._host_limits: dict[tuple[TransportPolicy, str], asyncio.Semaphore] = {}
+        self._hosts = HostRegistry(clock=time.monotonic)
 
     def set_tls(self, tls: TlsConfig) -> None:
         """Use ``tls`` for tasks started from now on; pools already open keep theirs until ``aclose``."""
@@ -127,10 +129,19 @@ class Engine:
         user_agent = _default_user_agent(task) if request.headers else task.service_name
         transport = self._transport_for(task.policy.transport)
         policy = task.policy.retry
+        # The host as the task's URL names it, not the address the allowlist may have put in its place.
+        host = self._hosts.host(task.request.url, task.policy.host)
+        last: HttpResponse | TaskFailed | None = None
         attempt = 0
         while True:
             if time.monotonic() >= deadline:
                 return _error(task, ErrorCode.TIMEOUT, attempt, started)
+            refused = await host.enter(deadline, sent_before=attempt > 0)
+            if refused is not None:
+                # circuit_open means never sent: a retry the breaker stops ends with what its last attempt got.
+                if (refused is ErrorCode.CIRCUIT_OPEN) and (last is not None):
+                    return self._final(task, last, attempt, started)
+                return _error(task, refused, attempt, started)
             attempt += 1
             # The attempt is awaited right here, not in a coroutine of its own: at 16,000 requests in
             # flight every object a request holds is promoted to the old GC generation, and each one
@@ -141,11 +152,16 @@ class Engine:
                 outcome = await self._send(transport, request, user_agent, task.policy.transport, deadline)
             except Exception as exc:
                 outcome = _failure(exc, transport)
+            except BaseException:
+                host.abandon(sent)
+                raise
             finally:
                 status = outcome.status_code if isinstance(outcome, HttpResponse) else None
                 _duration_histogram(request.method, status).observe(time.monotonic() - sent)
+            host.leave(outcome, sent, honor_retry_after=policy.honor_retry_after)
             if outcome is None:
                 return _error(task, ErrorCode.TIMEOUT, attempt, started)
+            last = outcome
             verdict = outcome.status_code if isinstance(outcome, HttpResponse) else outcome
             if should_retry(attempt, verdict, policy):
                 retry_after = None
