@@ -288,6 +288,7 @@ class TaskRunner:
         if self._state is not RunnerState.UNOPENED:
             raise UsageError(f"a TaskRunner can be entered once; this one is {self._state.value}")
         self._use()
+        await self._backend.warm_up()
         return self
 
     async def __aexit__(
