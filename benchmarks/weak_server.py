@@ -86,14 +86,15 @@ def run_curl(url: str, n: int) -> tuple[float, dict[str, int]]:
     return time.monotonic() - started, dict(Counter(done.stdout.split()))
 
 
-async def run_trs(url: str, n: int, transport: str) -> tuple[float, dict[str, int], dict[int, int]]:
-    """Seconds for one local batch of ``n`` GETs of ``url``, its outcomes and attempts per task."""
+async def run_trs(url: str, n: int, transport: str) -> tuple[float, dict[str, int], dict[str, int]]:
+    """Seconds for one local batch of ``n`` GETs of ``url``, its outcomes, and attempts by outcome."""
     template = Task(service_name="weak", request=HttpRequest(url=url), timeout=TIMEOUT)
     async with TaskRunner(mode="local", service_name="weak", transport=transport) as runner:
         started = time.monotonic()
         results = await (await runner.launch(create_task_list(template, n))).wait()
         seconds = time.monotonic() - started
-    return seconds, dict(Counter(r.outcome for r in results)), dict(Counter(r.attempts for r in results))
+    attempts = Counter(f"{r.outcome}_{r.attempts}" for r in results)
+    return seconds, dict(Counter(r.outcome for r in results)), dict(sorted(attempts.items()))
 
 
 def main() -> None:
