@@ -69,7 +69,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Messa
 
 from benchmarks.bare_clients import loop_name, peak_rss_mib, run_on_loop
 from benchmarks.nginx_target import nginx_target
-from producer.embedded_broker import EmbeddedBroker, free_port
+from producer.dev.embedded_broker import EmbeddedBroker, free_port
 from producer.topics import DEFAULT_REQUEST_PARTITIONS, TopicAdmin, TopicSpec
 from shared.models import HttpRequest, Task, TaskEnvelope
 from shared.wire import decode_result, encode_task, new_batch_id, reply_topic, request_topic

@@ -45,10 +45,10 @@ from typing import Any, NamedTuple
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.flow import Backlog, FlowControl, Step
+from consumer.metrics import WORKER_PARTITION_LAG
 from consumer.offsets import Commit, OffsetTracker, TopicPartitionKey
 from consumer.reminders import Reminder
 from shared.errors import InvalidEnvelope
-from shared.metrics import WORKER_PARTITION_LAG
 from shared.models import CancelEnvelope
 from shared.wire import CONTROL_KIND_CANCEL, CONTROL_TOPIC, control_kind, decode_cancel, message_headers
 
@@ -162,10 +162,6 @@ class Fetcher:
     @property
     def paused(self) -> bool:
         return self._paused
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def stop_fetching(self) -> None:
         """Take no more records; partitions are paused on the next round and polling goes on."""

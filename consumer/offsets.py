@@ -277,8 +277,3 @@ class OffsetTracker:
     def assigned(self) -> list[TopicPartitionKey]:
         with self._lock:
             return list(self._partitions)
-
-    def incomplete(self) -> int:
-        """How many tracked offsets are not done, across partitions."""
-        with self._lock:
-            return sum(state.incomplete_count for state in self._partitions.values())

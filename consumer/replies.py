@@ -24,10 +24,11 @@ from functools import partial
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.fetcher import Record
+from consumer.metrics import WORKER_DLQ_RECORDS, WORKER_PRODUCE_ERRORS, WORKER_RESULTS_DROPPED
 from consumer.offsets import OffsetTracker
 from shared.errors import ErrorCode, InvalidEnvelope
-from shared.metrics import WORKER_DLQ_RECORDS, WORKER_PRODUCE_ERRORS, WORKER_RESULTS_DROPPED
 from shared.models import ResultEnvelope, TaskEnvelope, TaskError, TaskResult
+from shared.producing import produce, try_produce
 from shared.wire import DLQ_TOPIC, KafkaHeaders, batch_of_reply_topic, dead_letter_record, encode_result
 
 __all__ = ["DeadLetter", "Replies", "ReplyTopics"]
@@ -40,8 +41,6 @@ EXISTS_TTL = 1.0
 MISSING_TTL = 300.0
 #: Seconds one metadata lookup may take.
 LOOKUP_TIMEOUT = 5.0
-#: Seconds to wait when the producer's local queue is full.
-QUEUE_FULL_BACKOFF = 0.005
 #: Most reply topics remembered as existing, as missing, or as dropped; the oldest go first.
 MAX_REMEMBERED_TOPICS = 10_000
 #: Delivery errors that mean the reply topic is gone: the client closed its batch.
@@ -229,8 +228,8 @@ class Replies:
         key = str(result.task_id).encode()
         on_delivery = partial(self._delivered, acks)
         try:
-            if not self._try_produce(reply_topic, value, headers, key, on_delivery):
-                await self._produce(reply_topic, value, headers, key, on_delivery)
+            if not try_produce(self._producer, reply_topic, value, key=key, headers=headers, on_delivery=on_delivery):
+                await produce(self._producer, reply_topic, value, key=key, headers=headers, on_delivery=on_delivery)
         except KafkaException as exc:
             if _code(exc) in _TOPIC_GONE:
                 self._drop(reply_topic)
@@ -261,13 +260,27 @@ class Replies:
         )
         log.warning("sending %s to %s: %s", _where(record), DLQ_TOPIC, letter.reason)
         try:
-            await self._produce(DLQ_TOPIC, dead.value, dead.headers, dead.key, partial(self._dead_lettered, acks))
+            await produce(
+                self._producer,
+                DLQ_TOPIC,
+                dead.value,
+                key=dead.key,
+                headers=dead.headers,
+                on_delivery=partial(self._dead_lettered, acks),
+            )
         except KafkaException as exc:
             _dead_letter_failed(acks, str(exc))
         if reply is not None:
             topic, value, result_headers, key = reply
             try:
-                await self._produce(topic, value, result_headers, key, partial(self._delivered, acks))
+                await produce(
+                    self._producer,
+                    topic,
+                    value,
+                    key=key,
+                    headers=result_headers,
+                    on_delivery=partial(self._delivered, acks),
+                )
             except KafkaException as exc:
                 log.error("could not produce the %s result of %s to %s: %s", letter.code, _where(record), topic, exc)
                 WORKER_PRODUCE_ERRORS.inc()
@@ -299,34 +312,6 @@ class Replies:
                 ResultEnvelope(batch_id=batch_id, result=too_large, worker=self._worker_name)
             )
         return value, headers
-
-    async def _produce(
-        self,
-        topic: str,
-        value: bytes,
-        headers: list[tuple[str, str | bytes | None]],
-        key: bytes | str | None,
-        on_delivery: Callable[[KafkaError | None, Message], None],
-    ) -> None:
-        """Hand one record to the producer, waiting while its local queue is full; raises ``KafkaException``."""
-        while not self._try_produce(topic, value, headers, key, on_delivery):  # noqa: ASYNC110
-            # The local queue is full; the worker serves delivery reports meanwhile.
-            await asyncio.sleep(QUEUE_FULL_BACKOFF)
-
-    def _try_produce(
-        self,
-        topic: str,
-        value: bytes,
-        headers: list[tuple[str, str | bytes | None]],
-        key: bytes | str | None,
-        on_delivery: Callable[[KafkaError | None, Message], None],
-    ) -> bool:
-        """Hand one record to the producer; ``False`` when its local queue is full, ``KafkaException`` when refused."""
-        try:
-            self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-        except BufferError:
-            return False
-        return True
 
     def _delivered(self, acks: _Acks, error: KafkaError | None, message: Message) -> None:
         if error is None:

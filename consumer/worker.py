@@ -51,20 +51,21 @@ from consumer.fetcher import Fetcher, FetcherConfig, Record
 from consumer.flow import Backlog
 from consumer.health import HealthServer, Probe
 from consumer.kafka_config import consumer_config, control_config, producer_config, subscription
-from consumer.offsets import OffsetTracker, Ownership
-from consumer.reminders import Reminder
-from consumer.replies import DeadLetter, Replies, ReplyTopics
-from shared.engine import Engine, TargetAllowlist, TlsConfig
-from shared.errors import BrokerUnavailable, ErrorCode, InvalidEnvelope, TopicMissing, TrsError
-from shared.metrics import (
+from consumer.metrics import (
     WORKER_INFLIGHT,
     WORKER_INTERNAL_ERRORS,
     WORKER_PARTITIONS_PAUSED,
     WORKER_TASKS_COMPLETED,
     WORKER_TASKS_RECEIVED,
 )
+from consumer.offsets import OffsetTracker, Ownership
+from consumer.reminders import Reminder
+from consumer.replies import DeadLetter, Replies, ReplyTopics
+from consumer.settings import EngineSettings, WorkerSettings
+from shared.engine import Engine, TargetAllowlist, TlsConfig
+from shared.errors import BrokerUnavailable, ErrorCode, InvalidEnvelope, TopicMissing, TrsError
 from shared.models import CancelEnvelope, TaskEnvelope, TaskError, TaskResult
-from shared.settings import EngineSettings, KafkaSettings, WorkerSettings
+from shared.settings import KafkaSettings
 from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, KafkaHeaders, decode_consumed_task, message_headers
 
 __all__ = ["StartupTimeout", "Worker", "WorkerConfig"]

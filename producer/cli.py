@@ -21,15 +21,13 @@ from typing import Any, TextIO
 import click
 from rich.console import Console
 
-from producer.demo_target import demo_target
-from producer.dev_cluster import dev_cluster
 from producer.report import batch_progress, outcome_counts, summary_table
 from producer.runner import DEFAULT_MAX_INFLIGHT, Mode, TaskRunner
 from producer.shared_producer import close_shared_producers
-from producer.sync import event_loop_runner
 from producer.task_file import read_tasks
 from producer.topics import DEFAULT_REQUEST_PARTITIONS, TopicAdmin
 from shared.errors import BrokerUnavailable, TrsError
+from shared.event_loop import event_loop_runner
 from shared.kafka_logging import kafka_logger
 from shared.models import HttpRequest, Task, TaskResult
 from shared.settings import KafkaSettings
@@ -234,6 +232,9 @@ def dev() -> None:
 @click.option("--service", "services", multiple=True, default=["demo"], show_default=True, help="Repeatable.")
 def dev_up(workers: int, services: tuple[str, ...]) -> None:
     """Run a broker and workers until Ctrl-C; remote runners reach it with the printed bootstrap servers."""
+    # The dev tools load only for `trs dev`: the worker image carries `trs` without them.
+    from producer.dev.cluster import dev_cluster
+
     with _stopping_on_signals(), dev_cluster(workers=workers, services=services) as cluster:
         click.echo(f"broker at {cluster.bootstrap_servers}; request topics for: {', '.join(services)}")
         for worker in cluster.workers:
@@ -249,6 +250,9 @@ def dev_up(workers: int, services: tuple[str, ...]) -> None:
 @click.option("--output", "-o", type=click.File("w"), default=None, help="Also write each result as a JSON line.")
 def dev_demo(count: int, workers: int, max_inflight: int, output: TextIO | None) -> None:
     """Start a broker, workers and a stand-in fleet, run one remote batch against it, and stop everything."""
+    from producer.dev.cluster import dev_cluster
+    from producer.dev.demo_target import demo_target
+
     service = "demo"
     with _stopping_on_signals(), demo_target() as fleet, dev_cluster(workers=workers, services=[service]) as cluster:
         click.echo(

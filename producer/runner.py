@@ -115,7 +115,6 @@ class TaskRunner:
         result_grace: float | None = None,
         request_timeout: float | None = None,
         partition_key: PartitionKey | None = None,
-        backend: Backend | None = None,
     ) -> None:
         if mode not in ("local", "remote"):
             raise UsageError(f"mode must be 'local' or 'remote', got {mode!r}")
@@ -130,9 +129,8 @@ class TaskRunner:
         self._state = RunnerState.UNOPENED
         self._batches: dict[str, Batch] = {}
         self._grace = 0.0
-        if backend is not None:
-            self._backend = backend
-        elif mode == "local":
+        self._backend: Backend
+        if mode == "local":
             _only_in(
                 "local",
                 bootstrap_servers=bootstrap_servers,

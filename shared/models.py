@@ -13,7 +13,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self, TypeGuard
 
 from pydantic import (
     AfterValidator,
@@ -21,6 +21,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -47,7 +49,9 @@ __all__ = [
     "TaskEnvelope",
     "TaskError",
     "TaskResult",
+    "TopicName",
     "TransportPolicy",
+    "is_topic_name",
     "normalize_service_name",
 ]
 
@@ -111,6 +115,28 @@ def normalize_service_name(name: str) -> str:
 
 
 ServiceName = Annotated[str, AfterValidator(normalize_service_name)]
+
+
+def _legal_topic(topic: str) -> str:
+    if topic in _RESERVED_TOPIC_NAMES:
+        raise ValueError(f"{topic!r} is not a legal Kafka topic name")
+    return topic
+
+
+#: A name Kafka accepts for a topic.
+TopicName = Annotated[
+    str, Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$"), AfterValidator(_legal_topic)
+]
+_TOPIC_NAME: Final = TypeAdapter(TopicName)
+
+
+def is_topic_name(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a ``TopicName``: the check a task envelope's reply topic passes."""
+    try:
+        _TOPIC_NAME.validate_python(value, strict=True)
+    except ValidationError:
+        return False
+    return True
 
 
 def url_problem(url: str) -> PydanticCustomError | None:
@@ -243,6 +269,10 @@ class TransportPolicy(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     max_connections: int | None = Field(default=None, ge=1, le=100_000)
+    #: Not a cap on connections. The engine lets at most this many of the policy's requests to one
+    #: host (host and port) be in flight at once, on every transport. On pyreqwest it is also the
+    #: most idle connections the pool keeps per host (reqwest has no per-host connection cap); httpx
+    #: has no per-host pool setting, so there the engine's limit is all it is.
     max_connections_per_host: int | None = Field(default=None, ge=1, le=100_000)
     idle_timeout: float | None = Field(default=90.0, gt=0)
     response_header_timeout: float | None = Field(default=None, gt=0)
@@ -354,16 +384,9 @@ class TaskEnvelope(BaseModel):
 
     schema_version: Literal[1] = SCHEMA_VERSION
     batch_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    reply_topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    reply_topic: TopicName
     deadline: AwareDatetime
     task: Task
-
-    @field_validator("reply_topic")
-    @classmethod
-    def _reply_topic_is_legal(cls, topic: str) -> str:
-        if topic in _RESERVED_TOPIC_NAMES:
-            raise ValueError(f"{topic!r} is not a legal Kafka topic name")
-        return topic
 
     @property
     def task_id(self) -> uuid.UUID:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from producer.embedded_broker import free_port, with_parent_death_signal
+from producer.dev.embedded_broker import free_port, with_parent_death_signal
 
 
 @dataclass

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from urllib.parse import urlsplit
 
 from prometheus_client import Histogram
@@ -101,11 +101,6 @@ class Engine:
         self._transports: dict[tuple[TransportPolicy, TlsConfig], Transport] = {}
         self._last_transport: tuple[TransportPolicy, TlsConfig, Transport] | None = None
         self._host_limits: dict[tuple[TransportPolicy, str], asyncio.Semaphore] = {}
-        self._clock: Callable[[], float] = time.monotonic
-
-    @property
-    def tls(self) -> TlsConfig:
-        return self._tls
 
     def set_tls(self, tls: TlsConfig) -> None:
         """Use ``tls`` for tasks started from now on; pools already open keep theirs until ``aclose``."""
@@ -118,7 +113,7 @@ class Engine:
         The task's own ``timeout`` always applies too, so a later ``deadline`` can't stretch it.
         Cancelling the caller's asyncio task cancels the attempt in flight.
         """
-        started = self._clock()
+        started = time.monotonic()
         if (deadline is not None) and started >= deadline:
             return _error(task, ErrorCode.EXPIRED, 0, started)
         own_deadline = started + task.timeout
@@ -127,7 +122,7 @@ class Engine:
         if self._allowlist.enabled:
             try:
                 # Resolving a host name counts against the deadline like any attempt.
-                async with asyncio.timeout(deadline - self._clock()):
+                async with asyncio.timeout(deadline - time.monotonic()):
                     request = await self._allowlist.target(request)
             except TaskFailed as exc:
                 return _error(task, exc.code, 0, started)
@@ -138,13 +133,13 @@ class Engine:
         policy = task.policy.retry
         attempt = 0
         while True:
-            if self._clock() >= deadline:
+            if time.monotonic() >= deadline:
                 return _error(task, ErrorCode.TIMEOUT, attempt, started)
             attempt += 1
             # The attempt is awaited right here, not in a coroutine of its own: at 16,000 requests in
             # flight every object a request holds is promoted to the old GC generation, and each one
             # brings the next full collection nearer.
-            sent = self._clock()
+            sent = time.monotonic()
             outcome: HttpResponse | TaskFailed | None = None
             try:
                 outcome = await self._send(transport, request, user_agent, task.policy.transport, deadline)
@@ -152,7 +147,7 @@ class Engine:
                 outcome = _failure(exc, transport)
             finally:
                 status = outcome.status_code if isinstance(outcome, HttpResponse) else None
-                _duration_histogram(request.method, status).observe(self._clock() - sent)
+                _duration_histogram(request.method, status).observe(time.monotonic() - sent)
             if outcome is None:
                 return _error(task, ErrorCode.TIMEOUT, attempt, started)
             verdict = outcome.status_code if isinstance(outcome, HttpResponse) else outcome
@@ -161,14 +156,14 @@ class Engine:
                 if isinstance(outcome, HttpResponse):
                     retry_after = parse_retry_after(outcome.header("retry-after"))
                 delay = backoff_delay(attempt, policy, retry_after=retry_after)
-                if self._clock() + delay < deadline:
+                if time.monotonic() + delay < deadline:
                     HTTP_RETRIES.inc()
                     await asyncio.sleep(delay)
                     continue
             return self._final(task, outcome, attempt, started)
 
     def _final(self, task: Task, outcome: HttpResponse | TaskFailed, attempts: int, started: float) -> TaskResult:
-        elapsed = self._clock() - started
+        elapsed = time.monotonic() - started
         if isinstance(outcome, TaskFailed):
             return _error(task, outcome.code, attempts, started)
         if attempts > 1 and should_retry(0, outcome.status_code, task.policy.retry):
@@ -191,7 +186,7 @@ class Engine:
                 request,
                 user_agent=user_agent,
                 max_body_bytes=self._max_response_bytes,
-                timeout=deadline - self._clock(),
+                timeout=deadline - time.monotonic(),
             )
         return self._send_timed(transport, request, user_agent, limit, deadline)
 
@@ -204,20 +199,20 @@ class Engine:
         deadline: float,
     ) -> HttpResponse:
         """``transport.send`` under an asyncio timer, which also covers the wait for a host slot."""
-        async with asyncio.timeout(deadline - self._clock()):
+        async with asyncio.timeout(deadline - time.monotonic()):
             if limit is None:
                 return await transport.send(
                     request,
                     user_agent=user_agent,
                     max_body_bytes=self._max_response_bytes,
-                    timeout=deadline - self._clock(),
+                    timeout=deadline - time.monotonic(),
                 )
             async with limit:
                 return await transport.send(
                     request,
                     user_agent=user_agent,
                     max_body_bytes=self._max_response_bytes,
-                    timeout=deadline - self._clock(),
+                    timeout=deadline - time.monotonic(),
                 )
 
     def _transport_for(self, policy: TransportPolicy) -> Transport:

@@ -102,6 +102,7 @@ def _client(policy: TransportPolicy, tls: TlsConfig) -> Client:
     if policy.max_connections is not None:
         builder.max_connections(policy.max_connections)
     if policy.max_connections_per_host is not None:
+        # reqwest's only per-host pool setting caps the idle connections kept, not those open.
         builder.pool_max_idle_per_host(policy.max_connections_per_host)
     if policy.tls_handshake_timeout is not None:
         builder.connect_timeout(timedelta(seconds=policy.tls_handshake_timeout))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from producer import ErrorCode, HttpRequest, Task, TaskResult, TlsConfig, UsageError
-from producer.embedded_broker import free_port
+from producer.dev.embedded_broker import free_port
 from tests.behaviour.conftest import RunnerFactory
 from tests.conftest import Certs
 from tests.http_target import HttpTarget

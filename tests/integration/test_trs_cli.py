@@ -8,14 +8,13 @@ import pty
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import IO
 
 import pytest
 
 from producer import run
-from producer.embedded_broker import free_port
+from producer.dev.embedded_broker import free_port
 from producer.topics import TopicAdmin
 from shared.models import HttpRequest, Task, TaskResult
 from shared.wire import request_topic
@@ -153,13 +152,17 @@ def test_make_run_demo_runs_a_remote_batch_and_stops_everything(tmp_path: Path) 
 
 def test_ctrl_c_during_the_demo_stops_everything(tmp_path: Path) -> None:
     demo = start_trs("dev", "demo", "--tasks", "1000000", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    started = read_until(demo.stderr, "broker at", "the demo")
-    time.sleep(1.0)
+    try:
+        # Printed once the broker, the workers and the fleet are up: all that Ctrl-C must stop.
+        started = read_until(demo.stderr, "broker at", "the demo")
 
-    demo.send_signal(signal.SIGINT)
-    code = demo.wait(90)
-    assert demo.stderr is not None
-    rest = demo.stderr.read()
+        demo.send_signal(signal.SIGINT)
+        code = demo.wait(90)
+        assert demo.stderr is not None
+        rest = demo.stderr.read()
+    finally:
+        # A demo that ignored Ctrl-C must not run on after the test: its children follow it.
+        demo.kill()
 
     assert code == 130
     assert "stopped; everything it started was shut down" in rest
