@@ -10,6 +10,11 @@ part of ``launch`` spent creating the reply topic, timed around ``TopicAdmin.cre
 It also runs 1,000-task batches keyed by target host instead of task id, against one host and
 against eight, which is how the README's choice of the default key was measured.
 
+Then it starts fresh processes, each of which enters a remote runner (timed: ``enter_s_p50``, the
+warm-up of its Kafka clients), runs one one-task batch and then ten more: ``first_batch_s`` is
+the median of their first batches, ``later_batch_p50_s`` the median of the later ones, and
+``first_vs_later`` their ratio.
+
 librdkafka settings that decide these figures, and why they are what they are, are commented
 where they are set: ``producer/remote.py`` (the client) and ``consumer/kafka_config.py`` (the
 worker). The embedded broker answers a fetch only when ``fetch.wait.max.ms`` runs out, even
@@ -24,8 +29,11 @@ The last line of stdout is one JSON object with the figures.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +62,9 @@ class Plan:
 
 FULL = Plan(rounds={1: 300, 10: 150, 100: 60, 1000: 20}, key_rounds=10, warmup_batches=30)
 QUICK = Plan(rounds={1: 60, 10: 30, 100: 10, 1000: 3}, key_rounds=2, warmup_batches=10)
+#: Fresh processes whose first batch is timed, and the later batches each runs.
+FRESH_PROCESSES = {"full": 10, "quick": 3}
+LATER_BATCHES = 10
 
 
 @dataclass
@@ -139,6 +150,48 @@ async def _keyed_batches(
                 await _batch(runner, spread_urls(targets, "/", 1000), timings, f"1000_key_{key}_{name}_hosts")
 
 
+async def _fresh_process_batches(bootstrap: str, url: str) -> dict[str, Any]:
+    """In a fresh process: enter a runner, then time its first one-task batch and the later ones."""
+    started = time.perf_counter()
+    async with TaskRunner(mode="remote", service_name=SERVICE, bootstrap_servers=bootstrap) as runner:
+        entered = time.perf_counter() - started
+        seconds = []
+        for _ in range(1 + LATER_BATCHES):
+            started = time.perf_counter()
+            batch = await runner.launch([Task(service_name=SERVICE, request=HttpRequest(url=url), timeout=60)])
+            results = await batch.wait()
+            seconds.append(time.perf_counter() - started)
+            await runner.close(batch)
+            if not results[0].ok:
+                raise RuntimeError(f"a task failed: {results[0]}")
+    return {"enter_s": entered, "first_s": seconds[0], "later_s": seconds[1:]}
+
+
+def _first_batches(bootstrap: str, url: str, processes: int) -> list[dict[str, Any]]:
+    runs = []
+    for _ in range(processes):
+        child = subprocess.run(
+            [sys.executable, "-m", "benchmarks.remote_latency", "--fresh-process", bootstrap, url],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        runs.append(json.loads(child.stdout.splitlines()[-1]))
+    return runs
+
+
+def summarize_first_batches(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    first = statistics.median(run["first_s"] for run in runs)
+    later = statistics.median(s for run in runs for s in run["later_s"])
+    return {
+        "first_batch_s": round(first, 4),
+        "later_batch_p50_s": round(later, 4),
+        "first_vs_later": round(first / later, 2),
+        "enter_s_p50": round(statistics.median(run["enter_s"] for run in runs), 4),
+        "fresh_processes": len(runs),
+    }
+
+
 def summarize(timings: Timings, plan: Plan) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for size in SIZES:
@@ -160,7 +213,11 @@ def summarize(timings: Timings, plan: Plan) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="TRS remote mode: launch-to-last-result latency by batch size.")
     parser.add_argument("--quick", action="store_true", help="fewer rounds: finishes in under a minute")
+    parser.add_argument("--fresh-process", nargs=2, metavar=("BOOTSTRAP", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fresh_process:
+        print(json.dumps(asyncio.run(_fresh_process_batches(*args.fresh_process))), flush=True)
+        return
     plan = QUICK if args.quick else FULL
     started = time.perf_counter()
     with (
@@ -171,7 +228,9 @@ def main() -> None:
         timings = run_on_loop(lambda: _measure(cluster.bootstrap_servers, bases[0], bases, plan))
         # The runners share the process's producers; close them while the broker is still up.
         close_shared_producers()
-    figures = summarize(timings, plan)
+        processes = FRESH_PROCESSES["quick" if args.quick else "full"]
+        fresh = _first_batches(cluster.bootstrap_servers, bases[0] + "/", processes)
+    figures = summarize(timings, plan) | summarize_first_batches(fresh)
     for size in SIZES:
         print(
             f"{size:>5} tasks: p50 {figures[f'p50_ms_{size}']:8.2f} ms, p99 {figures[f'p99_ms_{size}']:8.2f} ms "

@@ -3,8 +3,18 @@
 from producer.batch import Batch, BatchState
 from producer.runner import TaskRunner
 from producer.sync import run
-from shared.engine import TlsConfig
-from shared.errors import BrokerUnavailable, ErrorCode, TopicMissing, TrsError, UsageError
+from producer.task_list import create_task_list
+from shared.engine import MockTransport, TlsConfig, Transport
+from shared.errors import (
+    BrokerUnavailable,
+    ConnectFailed,
+    ErrorCode,
+    TaskTimeout,
+    TlsFailed,
+    TopicMissing,
+    TrsError,
+    UsageError,
+)
 from shared.models import (
     BreakerPolicy,
     ClientPolicy,
@@ -24,19 +34,25 @@ __all__ = [
     "BreakerPolicy",
     "BrokerUnavailable",
     "ClientPolicy",
+    "ConnectFailed",
     "ErrorCode",
     "HostPolicy",
     "HttpRequest",
     "HttpResponse",
+    "MockTransport",
     "RetryPolicy",
     "Task",
     "TaskError",
     "TaskResult",
     "TaskRunner",
+    "TaskTimeout",
     "TlsConfig",
+    "TlsFailed",
     "TopicMissing",
+    "Transport",
     "TransportPolicy",
     "TrsError",
     "UsageError",
+    "create_task_list",
     "run",
 ]

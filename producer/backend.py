@@ -25,6 +25,10 @@ class Backend(ABC):
     async def close(self, batch: Batch) -> None:
         """Stop ``batch`` if it runs and free what it holds."""
 
+    async def warm_up(self) -> None:
+        """Get ready for the first batch, when the runner is entered; nothing to do by default."""
+        return None
+
     @abstractmethod
     async def alive(self, timeout: float) -> bool:
         """Whether the backend can run tasks, answered within ``timeout`` seconds."""

@@ -43,7 +43,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from producer.backend import Backend
 from producer.batch import Batch
 from producer.reply_reader import ReplyReader
-from producer.shared_producer import shared_producer
+from producer.shared_producer import is_proven, mark_proven, shared_producer
 from producer.topics import TopicAdmin, TopicSpec
 from shared.engine import TlsConfig
 from shared.errors import BrokerUnavailable, ErrorCode, TopicMissing, UsageError
@@ -51,7 +51,7 @@ from shared.kafka_logging import with_kafka_logging
 from shared.models import CancelEnvelope, ResultEnvelope, Task, TaskEnvelope, TaskResult, error_result
 from shared.producing import produce
 from shared.settings import KafkaSettings
-from shared.wire import CONTROL_TOPIC, encode_cancel, encode_task, reply_topic, request_topic
+from shared.wire import CONTROL_TOPIC, HEADER_KIND, encode_cancel, encode_task, reply_topic, request_topic
 
 __all__ = ["DEFAULT_RESULT_GRACE", "PartitionKey", "RemoteBackend"]
 
@@ -74,6 +74,13 @@ REPLY_RETENTION_MARGIN = timedelta(hours=1)
 #: Seconds between the reply reader letting go of a reply topic and its deletion: fifty times
 #: the longest a fetch waits at the broker (see ``_settle``).
 UNASSIGN_SETTLE = 0.25
+#: The kind of the probe record a new producer sends to ``trs-control`` when a runner is entered.
+#: Workers act on cancel orders only and readers on release notices only, so both skip it.
+PROBE_KIND = b"probe"
+#: Longest ``async with TaskRunner(...)`` waits for the Kafka clients to be ready, in seconds
+#: (``request_timeout`` when that is shorter). A broker that isn't ready by then is left to
+#: ``launch``, which says what is wrong.
+WARM_UP_TIMEOUT = 5.0
 
 
 def request_producer_config(kafka: KafkaSettings) -> dict[str, object]:
@@ -174,6 +181,48 @@ class RemoteBackend(Backend):
         self._admin = TopicAdmin(kafka.librdkafka_config(), timeout=request_timeout)
         self._producer: Producer | None = None
         self._reader: ReplyReader | None = None
+
+    # Warm-up ----------------------------------------------------------------------------------
+
+    async def warm_up(self) -> None:
+        """Start the Kafka clients when the runner is entered, so the first batch doesn't wait for them.
+
+        An idempotent producer sends nothing before the broker has given it a producer id, and
+        librdkafka asks for one only on a 500 ms timer once the bootstrap connection gives way to
+        the broker's own: a fresh process's first batch waited about a second for it. A probe
+        record on ``trs-control``, once per shared producer, waits until its acknowledgement
+        proves the id is there; it is sent only once the broker has said ``trs-control`` exists,
+        so a probe never waits in the producer for a broker that isn't there. The reply reader
+        meanwhile starts following ``trs-control``.
+        """
+        producer = self._producer_started()
+        following = asyncio.wrap_future(self._reader_started().prepare())
+        try:
+            async with asyncio.timeout(min(self._timeout, WARM_UP_TIMEOUT)):
+                await asyncio.gather(following, self._probe(producer))
+        except (TimeoutError, KafkaException, BrokerUnavailable) as exc:
+            log.debug("the Kafka clients were not ready when the runner was entered: %r", exc)
+
+    async def _probe(self, producer: Producer) -> None:
+        if is_proven(producer) or not await asyncio.to_thread(self._admin.exists, CONTROL_TOPIC):
+            return
+        acknowledged: list[bool] = []
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            acknowledged.append(error is None)
+
+        await produce(
+            producer,
+            CONTROL_TOPIC,
+            b"",
+            key="probe",
+            headers=[(HEADER_KIND, PROBE_KIND)],
+            on_delivery=delivered,
+            serve_reports=True,
+        )
+        await asyncio.to_thread(producer.flush, min(self._timeout, WARM_UP_TIMEOUT))
+        if acknowledged == [True]:
+            mark_proven(producer)
 
     # Launch -----------------------------------------------------------------------------------
 

@@ -97,6 +97,14 @@ class ReplyReader:
         if not self._following_control:
             self._follow_control()
 
+    def prepare(self) -> Future[None]:
+        """Start following ``trs-control`` now, so the first assignment need not wait for it."""
+        return self._command(self._prepare, CONTROL_TOPIC, 0)
+
+    def _prepare(self, topic: str, partitions: int) -> None:
+        if not self._following_control:
+            self._follow_control()
+
     def unassign(self, topic: str, partitions: int) -> Future[None]:
         """Stop reading ``topic``, at the next round; a topic the reader already let go of is no error."""
         return self._command(self._unassign, topic, partitions)

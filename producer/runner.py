@@ -1,7 +1,7 @@
 """``TaskRunner``: the TRS API, the same in local and remote mode.
 
 async with TaskRunner(mode="local", service_name="inventory") as runner:
-    tasks = runner.create_task_list(Task(service_name="inventory", request=...), 100)
+    tasks = create_task_list(Task(service_name="inventory", request=...), 100)
     batch = await runner.launch(tasks)
     async for result in batch:
         ...
@@ -11,18 +11,20 @@ async with TaskRunner(mode="local", service_name="inventory") as runner:
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, Self, get_args
 
 from producer.backend import Backend
-from producer.batch import Batch
+from producer.batch import Batch, BatchState
 from producer.remote import DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESULT_GRACE, PartitionKey, RemoteBackend
-from shared.engine import DEFAULT_MAX_RESPONSE_BYTES, Engine, TargetAllowlist, TlsConfig
+from producer.task_list import create_task_list
+from shared.engine import DEFAULT_MAX_RESPONSE_BYTES, Engine, TargetAllowlist, TlsConfig, Transport, transport_factory
 from shared.engine.engine import DEFAULT_TRANSPORT
+from shared.engine.transport import TransportFactory
 from shared.errors import UsageError
-from shared.models import Task, normalize_service_name
+from shared.models import Task, TransportPolicy, normalize_service_name
 from shared.settings import KafkaSettings
 from shared.wire import new_batch_id
 
@@ -43,6 +45,35 @@ def _only_in(mode: Mode, **options: object) -> None:
     raise UsageError(f"{given} only applies in remote mode")
 
 
+def _engine_transport(transport: str | Transport | TransportFactory | None) -> TransportFactory:
+    """The engine's transport factory for what the caller passed as ``transport``."""
+    if transport is None:
+        return transport_factory(DEFAULT_TRANSPORT)
+    if isinstance(transport, str):
+        try:
+            return transport_factory(transport)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if isinstance(transport, Transport):
+        # One instance serves every pool, as an httpx client's transport does.
+        instance = transport
+
+        def shared(policy: TransportPolicy, tls: TlsConfig) -> Transport:
+            return instance
+
+        return shared
+    if callable(transport):
+        return transport
+    raise UsageError(
+        f"transport must be a name, a Transport or a callable that builds one, got {type(transport).__name__}"
+    )
+
+
+def _partition_key(key: object) -> None:
+    if key is not None and key not in get_args(PartitionKey):
+        raise UsageError(f"partition_key must be 'task' or 'host', got {key!r}")
+
+
 class RunnerState(enum.Enum):
     UNOPENED = "unopened"  #: built, not yet entered or used
     OPENED = "opened"  #: in use
@@ -57,14 +88,16 @@ class TaskRunner:
     flight, across its batches, in both modes.
 
     Local mode only, since in remote mode they are the workers' settings: ``transport`` (the
-    engine's HTTP transport, ``"pyreqwest"`` by default, or ``"httpx"``), ``max_response_bytes``,
-    ``tls`` and ``allowed_targets``.
+    engine's HTTP transport: ``"pyreqwest"``, the default, or ``"httpx"``; or a ``Transport``,
+    such as a ``MockTransport`` in tests; or a callable that builds one from a ``TransportPolicy``
+    and a ``TlsConfig``), ``max_response_bytes``, ``tls`` and ``allowed_targets``.
 
     Remote mode only: ``bootstrap_servers`` (else ``TRS_KAFKA_BOOTSTRAP_SERVERS``), or a whole
     ``kafka`` settings object for security options; ``result_grace``, the seconds past a task's
     deadline its result may take before it ends ``no_result``; ``request_timeout``, the seconds
     any one call to the broker may take; and ``partition_key``, what task messages are keyed by
-    (``"task"``, the default, or ``"host"``; see the README).
+    (``"task"``, the default, or ``"host"``; see the README). An option of the other mode is
+    refused with a ``UsageError``, never ignored.
     """
 
     def __init__(
@@ -73,15 +106,15 @@ class TaskRunner:
         service_name: str,
         mode: Mode = "local",
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
-        transport: str | None = None,
+        transport: str | Transport | Callable[[TransportPolicy, TlsConfig], Transport] | None = None,
         max_response_bytes: int | None = None,
         tls: TlsConfig | None = None,
         allowed_targets: Sequence[str] | None = None,
         bootstrap_servers: str | None = None,
         kafka: KafkaSettings | None = None,
-        result_grace: float = DEFAULT_RESULT_GRACE,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        partition_key: PartitionKey = "task",
+        result_grace: float | None = None,
+        request_timeout: float | None = None,
+        partition_key: PartitionKey | None = None,
     ) -> None:
         if mode not in ("local", "remote"):
             raise UsageError(f"mode must be 'local' or 'remote', got {mode!r}")
@@ -91,17 +124,25 @@ class TaskRunner:
             self.service_name = normalize_service_name(service_name)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        _partition_key(partition_key)
         self.mode: Mode = mode
         self._state = RunnerState.UNOPENED
         self._batches: dict[str, Batch] = {}
         self._grace = 0.0
         self._backend: Backend
         if mode == "local":
-            _only_in("local", bootstrap_servers=bootstrap_servers, kafka=kafka)
+            _only_in(
+                "local",
+                bootstrap_servers=bootstrap_servers,
+                kafka=kafka,
+                result_grace=result_grace,
+                request_timeout=request_timeout,
+                partition_key=partition_key,
+            )
             from producer.local import LocalBackend
 
             engine = Engine(
-                transport=transport or DEFAULT_TRANSPORT,
+                transport=_engine_transport(transport),
                 tls=tls,
                 max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES if max_response_bytes is None else max_response_bytes,
                 allowlist=TargetAllowlist(allowed_targets or ()),
@@ -115,6 +156,8 @@ class TaskRunner:
                 tls=tls,
                 allowed_targets=allowed_targets,
             )
+            result_grace = DEFAULT_RESULT_GRACE if result_grace is None else result_grace
+            request_timeout = DEFAULT_REQUEST_TIMEOUT if request_timeout is None else request_timeout
             if result_grace < 0 or request_timeout <= 0:
                 raise UsageError("result_grace must be at least 0 and request_timeout above 0")
             if kafka is None:
@@ -125,7 +168,7 @@ class TaskRunner:
                 max_inflight=max_inflight,
                 result_grace=result_grace,
                 request_timeout=request_timeout,
-                partition_key=partition_key,
+                partition_key=partition_key or "task",
             )
             self._grace = result_grace
 
@@ -140,16 +183,7 @@ class TaskRunner:
 
     def create_task_list(self, source: Task, n: int) -> list[Task]:
         """``n`` deep copies of ``source``, each with a fresh id and this runner's service name."""
-        if not isinstance(source, Task):
-            raise UsageError(f"source must be a Task, got {type(source).__name__}")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise UsageError(f"n must be a non-negative integer, got {n!r}")
-        # Validating from a plain dump builds new headers lists and models for every copy. The policy
-        # is frozen, so the copies can share it rather than each build three models of their own.
-        template = source.model_dump(exclude={"id", "policy"})
-        template["policy"] = source.policy
-        template["service_name"] = self.service_name
-        return [Task.model_validate(template) for _ in range(n)]
+        return create_task_list(source, n, service_name=self.service_name)
 
     async def launch(self, tasks: Sequence[Task] | Batch) -> Batch:
         """Start the tasks and return their ``Batch``; ignored tasks are never sent.
@@ -168,6 +202,7 @@ class TaskRunner:
         ids = [t.id for t in tasks]
         if len(set(ids)) != len(ids):
             raise UsageError("task ids in one batch must be unique; use create_task_list for copies")
+        self._refuse_running(tasks)
         for t in tasks:
             # As in Go TRS, the runner's service name is the one that counts: it names the topics.
             if t.service_name != self.service_name:
@@ -179,19 +214,40 @@ class TaskRunner:
         await self._backend.start(batch)
         return batch
 
+    def _refuse_running(self, tasks: Sequence[Task]) -> None:
+        """Refuse a task that still waits for its result in a batch of this runner."""
+        running = [b for b in self._batches.values() if b.running]
+        for task in tasks:
+            for batch in running:
+                if not task.ignore and batch.is_pending(task.id):
+                    raise UsageError(
+                        f"task {task.id} is still running in batch {batch.id}; "
+                        "launch copies of it (create_task_list) instead"
+                    )
+
+    def _own(self, batch: Batch) -> Batch:
+        """``batch``, if it is one of this runner's and still open."""
+        if batch.state is BatchState.CLOSED:
+            raise UsageError(f"batch {batch.id} is closed")
+        if self._batches.get(batch.id) is not batch:
+            raise UsageError(f"batch {batch.id} was not launched by this runner")
+        return batch
+
     def check(self, batch: Batch) -> bool:
-        """Whether ``batch`` still has tasks without a result."""
-        return batch.running
+        """Whether ``batch`` still has tasks without a result; a closed batch raises ``UsageError``."""
+        return self._own(batch).running
 
     async def cancel(self, batch: Batch) -> None:
-        """Stop ``batch``: tasks in flight are cut and every open task ends ``cancelled``."""
-        if batch.running:
+        """Stop ``batch``: tasks in flight are cut and every open task ends ``cancelled``.
+
+        A batch that is done is left as it is; a closed one raises ``UsageError``.
+        """
+        if self._own(batch).running:
             await self._backend.cancel(batch)
 
     async def close(self, batch: Batch) -> None:
-        """Cancel ``batch`` if it runs and free everything it holds."""
-        if self._batches.pop(batch.id, None) is None:
-            return
+        """Cancel ``batch`` if it runs and free everything it holds; a second close raises ``UsageError``."""
+        del self._batches[self._own(batch).id]
         await self._backend.close(batch)
         batch.close()
 
@@ -230,6 +286,7 @@ class TaskRunner:
         if self._state is not RunnerState.UNOPENED:
             raise UsageError(f"a TaskRunner can be entered once; this one is {self._state.value}")
         self._use()
+        await self._backend.warm_up()
         return self
 
     async def __aexit__(

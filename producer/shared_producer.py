@@ -17,13 +17,15 @@ from confluent_kafka import Producer
 
 from shared.kafka_logging import with_kafka_logging
 
-__all__ = ["FLUSH_AT_EXIT_TIMEOUT", "close_shared_producers", "shared_producer"]
+__all__ = ["FLUSH_AT_EXIT_TIMEOUT", "close_shared_producers", "is_proven", "mark_proven", "shared_producer"]
 
 #: Seconds the producers get at interpreter exit to deliver what they still hold.
 FLUSH_AT_EXIT_TIMEOUT = 10.0
 
 _lock = threading.Lock()
 _producers: dict[tuple[tuple[str, str], ...], Producer] = {}
+#: Ids of the producers that have had a message acknowledged: they hold their producer id.
+_proven: set[int] = set()
 
 
 def shared_producer(config: dict[str, Any]) -> Producer:
@@ -36,6 +38,17 @@ def shared_producer(config: dict[str, Any]) -> Producer:
                 atexit.register(_flush_all)
             producer = _producers[key] = Producer(with_kafka_logging(config))
         return producer
+
+
+def is_proven(producer: Producer) -> bool:
+    """Whether ``producer`` has had a message acknowledged by the broker, and so can send at once."""
+    with _lock:
+        return id(producer) in _proven
+
+
+def mark_proven(producer: Producer) -> None:
+    with _lock:
+        _proven.add(id(producer))
 
 
 def close_shared_producers(timeout: float = FLUSH_AT_EXIT_TIMEOUT, *, bootstrap_servers: str | None = None) -> None:
@@ -54,6 +67,7 @@ def close_shared_producers(timeout: float = FLUSH_AT_EXIT_TIMEOUT, *, bootstrap_
                     producer.purge()
                     producer.poll(0)
                 producer.close()
+                _proven.discard(id(producer))
                 del _producers[key]
 
 

@@ -43,6 +43,7 @@ from shared.errors import ERROR_MESSAGES, ErrorCode
 from shared.redaction import redact, redact_headers, redact_url
 
 __all__ = [
+    "DEFAULT_TCP_USER_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "EMPTY_LABELS",
     "MAX_HEADER_LENGTH",
@@ -77,6 +78,9 @@ __all__ = [
 SCHEMA_VERSION: Final[Literal[1]] = 1
 #: Seconds one task may take, across every attempt, when the caller sets nothing.
 DEFAULT_TIMEOUT = 30.0
+#: Seconds a request's bytes may go unacknowledged before the attempt's connection is dropped and
+#: the attempt retried (see ``TransportPolicy``; measured in benchmarks/weak_server.py).
+DEFAULT_TCP_USER_TIMEOUT = 2.0
 #: Longest accepted service name; keeps every derived topic name under Kafka's 249 characters.
 MAX_SERVICE_NAME_LENGTH = 100
 
@@ -349,7 +353,11 @@ class RetryPolicy(BaseModel):
 class TransportPolicy(BaseModel):
     """Connection-pool settings: the fields of Go TRS's ``HttpTxPolicy``.
 
-    ``None`` means "the transport's default".
+    ``None`` means "the transport's default". ``tcp_user_timeout`` (Linux's ``TCP_USER_TIMEOUT``)
+    is how long a request's bytes may go unacknowledged by the target's kernel before the
+    connection is dropped and the attempt retried: a weak server whose listen backlog overflowed
+    leaves connections that look open but never take the request. A slow server is not cut by
+    it, since its kernel acknowledges the request while the server works.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -363,6 +371,7 @@ class TransportPolicy(BaseModel):
     idle_timeout: float | None = Field(default=90.0, gt=0)
     response_header_timeout: float | None = Field(default=None, gt=0)
     tls_handshake_timeout: float | None = Field(default=10.0, gt=0)
+    tcp_user_timeout: float | None = Field(default=DEFAULT_TCP_USER_TIMEOUT, gt=0, le=3600)
     keep_alive: bool = True
 
 

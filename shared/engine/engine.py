@@ -251,7 +251,9 @@ class Engine:
 
     async def aclose(self) -> None:
         """Close every pool."""
-        transports, self._transports = list(self._transports.values()), {}
+        # By identity: one transport instance may serve every pool (a caller's own, such as a MockTransport).
+        transports = list({id(t): t for t in self._transports.values()}.values())
+        self._transports = {}
         self._last_transport = None
         self._host_limits.clear()
         await asyncio.gather(*(t.aclose() for t in transports), return_exceptions=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -13,7 +14,7 @@ from shared.errors import ConnectFailed, InternalError, ResponseTooLarge, TaskTi
 from shared.models import HttpRequest, HttpResponse, TransportPolicy
 from shared.redaction import RedactingFilter
 
-__all__ = ["HTTPX_MAX_IDLE_SECONDS", "HttpxTransport", "pool_limits"]
+__all__ = ["HTTPX_MAX_IDLE_SECONDS", "HttpxTransport", "pool_limits", "socket_options"]
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,22 @@ def pool_limits(policy: TransportPolicy) -> httpx.Limits:
     )
 
 
+def socket_options(policy: TransportPolicy) -> list[tuple[int, int, int]]:
+    """The socket options of ``policy``: ``TCP_USER_TIMEOUT``, in milliseconds, where the platform has it."""
+    if (policy.tcp_user_timeout is None) or not hasattr(socket, "TCP_USER_TIMEOUT"):
+        return []
+    return [(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, round(policy.tcp_user_timeout * 1000))]
+
+
 class HttpxTransport(Transport):
     """A transport on ``httpx.AsyncClient``."""
 
     def __init__(self, policy: TransportPolicy, tls: TlsConfig) -> None:
+        pool = httpx.AsyncHTTPTransport(
+            verify=tls.ssl_context(), limits=pool_limits(policy), socket_options=socket_options(policy)
+        )
         self._client = httpx.AsyncClient(
-            verify=tls.ssl_context(),
+            transport=pool,
             follow_redirects=False,
             trust_env=False,
             timeout=httpx.Timeout(
@@ -74,7 +85,6 @@ class HttpxTransport(Transport):
                 connect=policy.tls_handshake_timeout,
                 read=policy.response_header_timeout,
             ),
-            limits=pool_limits(policy),
         )
         # Bodies come back as the server sent them, so no encoding is asked for unless the task does;
         # the User-Agent is the engine's to set.

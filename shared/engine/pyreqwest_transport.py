@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 #: loop (asyncio waits at least 1 ms for a positive timeout) let the call land in every run
 #: measured; 5 ms leaves room for a loaded machine and costs a normal exit nothing it would notice.
 RUNTIME_SETTLE = 0.005
+#: Whether the platform has ``TCP_USER_TIMEOUT`` (Linux does); elsewhere the policy's value is not applied.
+HAS_TCP_USER_TIMEOUT = hasattr(socket, "TCP_USER_TIMEOUT")
 #: reqwest reports TLS failures as connect errors; these phrases in the causes tell them apart.
 _TLS_MARKERS = ("invalid peer certificate", "tls handshake", "close_notify", "received corrupt message", "certificate")
 
@@ -97,6 +100,8 @@ def _client(policy: TransportPolicy, tls: TlsConfig) -> Client:
         builder.connect_timeout(timedelta(seconds=policy.tls_handshake_timeout))
     if policy.response_header_timeout is not None:
         builder.read_timeout(timedelta(seconds=policy.response_header_timeout))
+    if (policy.tcp_user_timeout is not None) and HAS_TCP_USER_TIMEOUT:
+        builder.tcp_user_timeout(timedelta(seconds=policy.tcp_user_timeout))
     if not policy.keep_alive:
         builder.default_headers([("Connection", "close")]).pool_max_idle_per_host(0)
     if tls.ca_bundle is not None:

@@ -9,6 +9,7 @@ transport says it ``enforces_timeout``, the engine also cancels ``send`` when th
 
 from __future__ import annotations
 
+import inspect
 import ssl
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -90,9 +91,16 @@ TransportFactory = Callable[[TransportPolicy, TlsConfig], Transport]
 
 
 class MockTransport(Transport):
-    """A transport that answers with ``handler(request)``, for unit tests of the engine."""
+    """A transport that answers every request with ``handler(request)``, for tests without a server.
 
-    def __init__(self, handler: Callable[[HttpRequest], Awaitable[HttpResponse]]) -> None:
+    ``handler`` is a function or a coroutine function; it gets each attempt's request, with the
+    ``User-Agent`` the engine adds, and returns an ``HttpResponse``. To play a failing target it
+    raises an engine error (``ConnectFailed``, ``TlsFailed``, ``TaskTimeout``), which the engine
+    retries or reports as it would a real one; to play a slow one it sleeps, and the task's
+    deadline still applies. ``TaskRunner(transport=MockTransport(handler))`` runs local mode on it.
+    """
+
+    def __init__(self, handler: Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]) -> None:
         self._handler = handler
 
     async def send(
@@ -100,7 +108,8 @@ class MockTransport(Transport):
     ) -> HttpResponse:
         if user_agent is not None:
             request = request.model_copy(update={"headers": [*request.headers, ("User-Agent", user_agent)]})
-        response = await self._handler(request)
+        answer = self._handler(request)
+        response = await answer if inspect.isawaitable(answer) else answer
         if len(response.body) > max_body_bytes:
             raise ResponseTooLarge(f"body over {max_body_bytes} bytes")
         return response
