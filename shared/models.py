@@ -83,6 +83,10 @@ _BINARY_AS_BASE64 = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 #: For every model that holds a request or a response: a validation error's text never echoes
 #: the input, which may be a credential header or a URL with a password.
 _NO_INPUT_IN_ERRORS = ConfigDict(hide_input_in_errors=True)
+#: For every model a caller writes (task files, ``Task(...)``, the task in an envelope): an unknown key is an
+#: error, never ignored, so a misspelt ``timout`` can't run with the default. A worker refuses a task
+#: with a field it doesn't know (it ends ``invalid_task``): upgrade workers before clients.
+_NO_UNKNOWN_KEYS = ConfigDict(extra="forbid")
 Header = tuple[str, str]
 
 
@@ -161,7 +165,7 @@ RequestHeader = Annotated[Header, AfterValidator(_check_header)]
 class HttpRequest(BaseModel):
     """One HTTP request. ``headers`` is an ordered list of pairs; a name may repeat."""
 
-    model_config = _BINARY_AS_BASE64 | _NO_INPUT_IN_ERRORS | ConfigDict(frozen=False)
+    model_config = _BINARY_AS_BASE64 | _NO_INPUT_IN_ERRORS | _NO_UNKNOWN_KEYS | ConfigDict(frozen=False)
 
     method: str = "GET"
     url: str
@@ -212,7 +216,7 @@ class RetryPolicy(BaseModel):
     ``backoff_max``; a ``Retry-After`` header replaces it when it fits in the deadline.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _NO_UNKNOWN_KEYS | ConfigDict(frozen=True)
 
     retries: int = Field(default=3, ge=0, le=100)
     backoff_initial: float = Field(default=0.1, gt=0, le=60)
@@ -232,7 +236,7 @@ class TransportPolicy(BaseModel):
     ``None`` means "the transport's default".
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _NO_UNKNOWN_KEYS | ConfigDict(frozen=True)
 
     max_connections: int | None = Field(default=None, ge=1, le=100_000)
     max_connections_per_host: int | None = Field(default=None, ge=1, le=100_000)
@@ -245,7 +249,7 @@ class TransportPolicy(BaseModel):
 class ClientPolicy(BaseModel):
     """Retry plus transport policy; Go TRS's ``ClientPolicy``."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _NO_UNKNOWN_KEYS | ConfigDict(frozen=True)
 
     # The policies are frozen, so every default can be the one shared instance: a task that sets no
     # policy then costs no policy models of its own (there are often 100,000 tasks in memory).
@@ -260,7 +264,7 @@ class Task(BaseModel):
     task is never sent and yields no result.
     """
 
-    model_config = _NO_INPUT_IN_ERRORS | ConfigDict(validate_assignment=True)
+    model_config = _NO_INPUT_IN_ERRORS | _NO_UNKNOWN_KEYS | ConfigDict(validate_assignment=True)
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4)
     service_name: ServiceName
@@ -268,6 +272,7 @@ class Task(BaseModel):
     timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=86_400)
     policy: ClientPolicy = ClientPolicy()
     ignore: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 class HttpResponse(BaseModel):
