@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import signal
@@ -24,6 +25,7 @@ import click
 from rich.console import Console
 
 from producer.batch import Batch
+from producer.cluster_status import DEFAULT_WORKER_GROUP, read_status
 from producer.demo_target import demo_target
 from producer.dev_cluster import dev_cluster
 from producer.exit_codes import ExitCode, batch_exit_code
@@ -32,6 +34,7 @@ from producer.report import batch_progress, outcome_counts, summary_table
 from producer.result_lines import result_line
 from producer.runner import DEFAULT_MAX_INFLIGHT, Mode, TaskRunner
 from producer.shared_producer import close_shared_producers
+from producer.status_report import print_status
 from producer.sync import event_loop_runner
 from producer.task_file import read_tasks
 from producer.topics import DEFAULT_REQUEST_PARTITIONS, TopicAdmin
@@ -315,6 +318,33 @@ async def _cancel_on(interrupted: asyncio.Event, runner: TaskRunner, batch: Batc
 def _run_on_loop(coroutine: Coroutine[Any, Any, BatchOutcome]) -> BatchOutcome:
     with event_loop_runner() as loop:
         return loop.run(coroutine)
+
+
+@main.command("status")
+@click.option(
+    "--group",
+    "groups",
+    multiple=True,
+    default=[DEFAULT_WORKER_GROUP],
+    show_default=True,
+    help="Also show this consumer group, even with no offsets yet. Repeatable.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout, for scripts.")
+@bootstrap_option
+def status_command(groups: tuple[str, ...], as_json: bool, bootstrap_servers: str | None) -> None:
+    """Request topics and their partitions, each consumer group's members, partitions and lag, and
+    reply topics by age and expiry, as the broker's admin API tells them.
+
+    What the broker can't tell is shown as '?' and explained in a note.
+    """
+    try:
+        status = read_status(_kafka(bootstrap_servers).librdkafka_config(), groups=groups)
+    except TrsError as exc:
+        raise _failure(exc) from None
+    if as_json:
+        click.echo(json.dumps(status.to_json()))
+    else:
+        print_status(status, Console())
 
 
 @main.group()
