@@ -1,8 +1,10 @@
-"""``trs``: run task files, manage TRS topics, and run a cluster on a laptop.
+"""``trs``: run task files and URL lists, show the cluster, manage TRS topics, and run a cluster on a laptop.
 
-Errors are one line on stderr and a non-zero exit code: 2 for bad usage or a missing file
-(click's own), 1 for a bad task file or a broker that doesn't answer. librdkafka's own lines never
-reach the terminal: the line for a broker that doesn't answer quotes the latest of them instead.
+Standard output carries only what a command yields (``trs run``'s result lines, ``trs status``'s
+tables or JSON); progress, summaries and errors go to standard error. Errors exit non-zero: 2 for
+bad usage or a missing file (click's own), 1 for a bad task file or a broker that doesn't answer;
+``trs run`` adds the codes of ``producer.exit_codes``. librdkafka's own lines never reach the
+terminal: the line for a broker that doesn't answer quotes the latest of them instead.
 """
 
 from __future__ import annotations

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from producer.cli import main
 from producer.exit_codes import ExitCode, batch_exit_code
 from producer.overrides import TaskOverrides, parse_header
 from producer.result_lines import result_line
@@ -131,3 +135,12 @@ def test_a_bad_header_flag_says_what_is_wrong(text: str, problem: str) -> None:
 
 def test_a_header_flag_is_split_at_its_first_colon_and_trimmed() -> None:
     assert parse_header("Authorization:  Bearer a:b ") == ("Authorization", "Bearer a:b")
+
+
+def test_the_readme_and_the_help_list_every_exit_code() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("| exit code | when |", 1)[1].split("\n\n", 1)[0]
+    help_text = CliRunner().invoke(main, ["run", "--help"]).output.split("Exit codes:", 1)[1].split("Options:")[0]
+
+    assert re.findall(r"^\| (\d+) \|", table, re.MULTILINE) == [str(int(c)) for c in ExitCode]
+    assert re.findall(r"^ +(\d+) {2,}\S", help_text, re.MULTILINE) == [str(int(c)) for c in ExitCode]
