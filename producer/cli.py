@@ -213,14 +213,17 @@ def _tasks_to_run(
     if (tasks_file is None) == (not urls and url_file is None):
         raise click.UsageError("give either TASKS.jsonl, or URLs with --url and --urls")
     try:
-        if tasks_file is not None:
-            tasks = read_tasks(tasks_file, service=service)
-            source = str(tasks_file)
-        else:
-            tasks = _url_tasks(urls, url_file, normalize_service_name(service or URL_SERVICE))
-            source = "the URLs given"
+        batch_service = None if service is None else normalize_service_name(service)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--service'") from None
+    source = str(tasks_file) if tasks_file is not None else getattr(url_file, "name", "the URLs given")
+    try:
+        if tasks_file is not None:
+            tasks = read_tasks(tasks_file, service=batch_service)
+        else:
+            tasks = _url_tasks(urls, url_file, batch_service or URL_SERVICE)
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"{source} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except TrsError as exc:
         raise click.ClickException(str(exc)) from None
     if not tasks:

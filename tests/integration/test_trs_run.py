@@ -193,7 +193,17 @@ def test_a_url_list_with_no_urls_is_refused(tmp_path: Path) -> None:
     completed = trs("run", "--urls", "-", input="# nothing\n\n")
 
     assert completed.returncode == 1
-    assert "Error: the URLs given holds no tasks" in completed.stderr
+    assert "Error: <stdin> holds no tasks" in completed.stderr
+
+
+def test_a_task_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "tasks.jsonl"
+    source.write_bytes(task_line("http://127.0.0.1/").encode() + b"\xff\xfe\n")
+
+    completed = trs("run", str(source))
+
+    assert completed.returncode == 1
+    assert f"Error: {source} is not UTF-8 text: invalid start byte at byte " in completed.stderr
 
 
 def test_a_task_file_reports_every_bad_line_in_one_run(tmp_path: Path) -> None:
