@@ -145,8 +145,12 @@ def _headers(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 @click.option("--mode", type=click.Choice(["local", "remote"]), default="local", show_default=True)
 @click.option("--output", "-o", type=click.File("w"), default="-", help="Where result lines go; '-' is stdout.")
 @click.option("--service", help=f"Service name; defaults to the first task's, or '{URL_SERVICE}' for --url and --urls.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=86_400), help="Every task's timeout, s.")
-@click.option("--retries", type=click.IntRange(min=0, max=100), help="Every task's retries.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True, max=86_400),
+    help="Seconds each task may take, whatever the file says.",
+)
+@click.option("--retries", type=click.IntRange(min=0, max=100), help="Retries of each task, whatever the file says.")
 @click.option(
     "--header",
     "-H",
@@ -156,7 +160,9 @@ def _headers(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
     help="'Name: value', replacing the tasks' headers of that name. Repeatable.",
 )
 @click.option("--max-inflight", type=click.IntRange(min=1), default=DEFAULT_MAX_INFLIGHT, show_default=True)
-@click.option("--check-status", is_flag=True, help="Exit 4 when some task got a 4xx, 5 for a 5xx (see below).")
+@click.option(
+    "--check-status", is_flag=True, help="Exit 4 when some task got a 4xx, 5 for a 5xx (see the exit codes above)."
+)
 @bootstrap_option
 @click.pass_context
 def run_command(
