@@ -222,7 +222,7 @@ def _tasks_to_run(
         batch_service = None if service is None else normalize_service_name(service)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--service'") from None
-    source = str(tasks_file) if tasks_file is not None else getattr(url_file, "name", "the URLs given")
+    source = str(tasks_file) if tasks_file is not None else getattr(url_file, "name", "<urls>")
     try:
         if tasks_file is not None:
             tasks = read_tasks(tasks_file, service=batch_service)
@@ -245,7 +245,7 @@ def _url_tasks(urls: tuple[str, ...], url_file: TextIO | None, service: str) -> 
         except ValueError as exc:
             raise click.BadParameter(f"{url[:60]!r}: {exc}", param_hint="'--url'") from None
     if url_file is not None:
-        tasks += parse_urls(url_file, name="<stdin>" if url_file is sys.stdin else url_file.name, service=service)
+        tasks += parse_urls(url_file, name=getattr(url_file, "name", "<urls>"), service=service)
     return tasks
 
 
