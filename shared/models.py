@@ -85,7 +85,8 @@ _BINARY_AS_BASE64 = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 _NO_INPUT_IN_ERRORS = ConfigDict(hide_input_in_errors=True)
 #: For every model a caller writes (task files, ``Task(...)``, the task in an envelope): an unknown key is an
 #: error, never ignored, so a misspelt ``timout`` can't run with the default. A worker refuses a task
-#: with a field it doesn't know (it ends ``invalid_task``): upgrade workers before clients.
+#: with a field it doesn't know (it ends ``invalid_task``): upgrade workers before clients. The frozen
+#: policies spell ``extra="forbid"`` out, so that mypy's pydantic plugin still sees them frozen.
 _NO_UNKNOWN_KEYS = ConfigDict(extra="forbid")
 Header = tuple[str, str]
 
@@ -216,7 +217,7 @@ class RetryPolicy(BaseModel):
     ``backoff_max``; a ``Retry-After`` header replaces it when it fits in the deadline.
     """
 
-    model_config = _NO_UNKNOWN_KEYS | ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     retries: int = Field(default=3, ge=0, le=100)
     backoff_initial: float = Field(default=0.1, gt=0, le=60)
@@ -236,7 +237,7 @@ class TransportPolicy(BaseModel):
     ``None`` means "the transport's default".
     """
 
-    model_config = _NO_UNKNOWN_KEYS | ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_connections: int | None = Field(default=None, ge=1, le=100_000)
     max_connections_per_host: int | None = Field(default=None, ge=1, le=100_000)
@@ -249,7 +250,7 @@ class TransportPolicy(BaseModel):
 class ClientPolicy(BaseModel):
     """Retry plus transport policy; Go TRS's ``ClientPolicy``."""
 
-    model_config = _NO_UNKNOWN_KEYS | ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     # The policies are frozen, so every default can be the one shared instance: a task that sets no
     # policy then costs no policy models of its own (there are often 100,000 tasks in memory).
