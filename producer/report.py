@@ -34,9 +34,9 @@ def outcome_counts(results: Iterable[TaskResult]) -> Counter[tuple[str, str]]:
     )
 
 
-def summary_table(counts: Counter[tuple[str, str]], *, seconds: float) -> Table:
+def summary_table(counts: Counter[tuple[str, str]], *, seconds: float, note: str = "") -> Table:
     total = sum(counts.values())
-    table = Table(title=f"{total} tasks in {seconds:.2f} s", title_justify="left")
+    table = Table(title=f"{total} tasks in {seconds:.2f} s{note}", title_justify="left")
     table.add_column("outcome")
     table.add_column("status", justify="right")
     table.add_column("tasks", justify="right")

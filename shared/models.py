@@ -118,6 +118,11 @@ _BINARY_AS_BASE64 = ConfigDict(val_json_bytes="base64")
 #: For every model that holds a request or a response: a validation error's text never echoes
 #: the input, which may be a credential header or a URL with a password.
 _NO_INPUT_IN_ERRORS = ConfigDict(hide_input_in_errors=True)
+#: For every model a caller writes (task files, ``Task(...)``, the task in an envelope): an unknown key is an
+#: error, never ignored, so a misspelt ``timout`` can't run with the default. A worker refuses a task
+#: with a field it doesn't know (it ends ``invalid_task``): upgrade workers before clients. The frozen
+#: policies spell ``extra="forbid"`` out, so that mypy's pydantic plugin still sees them frozen.
+_NO_UNKNOWN_KEYS = ConfigDict(extra="forbid")
 Header = tuple[str, str]
 
 
@@ -290,7 +295,7 @@ class _HeaderLookup:
 class HttpRequest(_HeaderLookup, BaseModel):
     """One HTTP request. ``headers`` is an ordered list of pairs; a name may repeat."""
 
-    model_config = _BINARY_AS_BASE64 | _NO_INPUT_IN_ERRORS | ConfigDict(frozen=False)
+    model_config = _BINARY_AS_BASE64 | _NO_INPUT_IN_ERRORS | _NO_UNKNOWN_KEYS | ConfigDict(frozen=False)
 
     method: str = "GET"
     url: str
@@ -336,7 +341,7 @@ class RetryPolicy(BaseModel):
     ``backoff_max``; a ``Retry-After`` header replaces it when it fits in the deadline.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     retries: int = Field(default=3, ge=0, le=100)
     backoff_initial: float = Field(default=0.1, gt=0, le=60)
@@ -360,7 +365,7 @@ class TransportPolicy(BaseModel):
     it, since its kernel acknowledges the request while the server works.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_connections: int | None = Field(default=None, ge=1, le=100_000)
     #: Not a cap on connections. The engine lets at most this many of the policy's requests to one
@@ -425,7 +430,7 @@ class HostPolicy(BaseModel):
 class ClientPolicy(BaseModel):
     """Retry, transport and per-host policy; Go TRS's ``ClientPolicy`` plus the host limits."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     # The policies are frozen, so every default can be the one shared instance: a task that sets no
     # policy then costs no policy models of its own (there are often 100,000 tasks in memory).
@@ -491,7 +496,7 @@ class Task(BaseModel):
     values up to ``MAX_LABEL_VALUE_LENGTH`` characters); they are read-only once set.
     """
 
-    model_config = _NO_INPUT_IN_ERRORS | ConfigDict(validate_assignment=True)
+    model_config = _NO_INPUT_IN_ERRORS | _NO_UNKNOWN_KEYS | ConfigDict(validate_assignment=True)
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4)
     service_name: ServiceName

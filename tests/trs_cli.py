@@ -17,12 +17,15 @@ def trs_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
 
 
-def trs(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``trs`` to its end, with no standard input; its output is captured as text."""
+def trs(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``trs`` to its end, with ``input`` (or nothing) on its standard input; its output is captured as text."""
     return subprocess.run(
         trs_command(*args),
         cwd=ROOT,
-        stdin=subprocess.DEVNULL,
+        input=input,
+        stdin=subprocess.DEVNULL if input is None else None,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -16,7 +16,7 @@ import pytest
 from producer import run
 from producer.dev.embedded_broker import free_port
 from producer.topics import TopicAdmin
-from shared.models import HttpRequest, Task, TaskResult
+from shared.models import HttpRequest, Task
 from shared.wire import request_topic
 from tests.http_target import HttpTarget
 from tests.remote_pools import RemotePools
@@ -64,16 +64,19 @@ def test_run_writes_one_result_line_per_task_and_a_summary(
     completed = trs("run", str(source), "--mode", mode, "--output", str(output), *extra)
 
     assert completed.returncode == 0, completed.stderr
-    results = [TaskResult.from_json(line) for line in output.read_text().splitlines()]
-    assert {r.task_id for r in results} == {t.id for t in tasks}
-    line = json.loads(output.read_text().splitlines()[0])
-    assert set(line) == {"task_id", "response", "error", "attempts", "elapsed", "labels"}
-    assert {r.task_id: r.labels for r in results}[tasks[-1].id] == {"row": "404"}
-    assert set(line["response"]) == {"status_code", "headers", "body"}
-    table = " ".join(completed.stdout.split())
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert {line["task_id"] for line in lines} == {str(t.id) for t in tasks}
+    assert set(lines[0]) == {"task_id", "method", "url", "labels", "response", "error", "attempts", "elapsed"}
+    assert set(lines[0]["response"]) == {"status_code", "headers", "body"}
+    by_line = {line["labels"]["line"]: line for line in lines}
+    assert by_line["9"]["url"] == f"{target.http}/status/404"
+    assert by_line["9"]["method"] == "GET"
+    assert by_line["9"]["response"]["status_code"] == 404
+    assert completed.stdout == ""
+    table = " ".join(completed.stderr.split())
     assert "9 tasks in" in table
-    assert re.search(r"response │ 200 │ 8", table), completed.stdout
-    assert re.search(r"response │ 404 │ 1", table), completed.stdout
+    assert re.search(r"response │ 200 │ 8", table), completed.stderr
+    assert re.search(r"response │ 404 │ 1", table), completed.stderr
 
 
 def test_run_reports_a_missing_file(tmp_path: Path) -> None:
@@ -142,9 +145,9 @@ def test_make_run_demo_runs_a_remote_batch_and_stops_everything(tmp_path: Path) 
     completed = trs("dev", "demo", "--tasks", "200", "--workers", "2", timeout=180)
 
     assert completed.returncode == 0, completed.stderr
-    table = " ".join(completed.stdout.split())
+    table = " ".join(completed.stderr.split())
     assert "200 tasks in" in table
-    assert re.search(r"response │ 200 │ 200", table), completed.stdout
+    assert re.search(r"response │ 200 │ 200", table), completed.stderr
     # librdkafka logs a lost broker as "%<level>|<time>|FAIL|..."; every client is closed before the broker stops.
     assert "|FAIL|" not in completed.stderr, completed.stderr
     for pid in _started_pids(completed.stderr):
