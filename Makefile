@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 #: pytest processes for the suites that mostly wait (on group joins, subprocesses, deadlines): more than the 2 cores.
 JOBS ?= 3
 
-.PHONY: run test reliability lint types install clean
+.PHONY: run test reliability ci lint types install clean
 
 # uv fetches and installs in parallel: a clean install takes a fraction of pip's time.
 $(STAMP): pyproject.toml
@@ -30,12 +30,18 @@ run: $(STAMP)
 
 ## test: lint, types and every suite but the reliability one (integration tests start their own broker)
 test: lint types
-	$(BIN)/pytest --ignore=tests/reliability -n $(JOBS) --dist worksteal
+	$(BIN)/pytest --ignore=tests/reliability -n $(JOBS) --dist loadscope
 
 ## reliability: the fault, hostile-input and soak scenarios, each printing its figures as a RELIABILITY line.
 ## The scenarios marked `alone` measure time or memory: they run afterwards, one at a time, with nothing beside them.
 reliability: $(STAMP)
 	$(BIN)/pytest tests/reliability -m 'not alone' -n $(JOBS) --dist loadscope
+	$(BIN)/pytest tests/reliability -m alone -s
+
+## ci: what .ci/run runs: `make test` and `make reliability` with every parallel part in one pytest, so that
+## its broker, target and workers start once
+ci: lint types
+	$(BIN)/pytest -m 'not alone' -n $(JOBS) --dist loadscope
 	$(BIN)/pytest tests/reliability -m alone -s
 
 clean:
