@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-#: pytest processes for the suites that mostly wait (on group joins, subprocesses, deadlines): more than the 2 cores.
-JOBS ?= 3
+#: pytest-xdist processes; most tests wait (on group joins, subprocesses, deadlines), so CI runs more than its 2 cores.
+#: 0, no xdist, by default: on a machine already busy, parallel starts of brokers and workers miss their deadlines.
+JOBS ?= 0
 
 .PHONY: run test reliability ci lint types install clean
 
