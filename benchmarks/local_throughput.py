@@ -4,7 +4,10 @@ One run measures, at the same concurrency and on the same event loop implementat
 
 - TRS local mode (``TaskRunner(mode="local")``) on each of its transports, pyreqwest and httpx;
 - bare loops of httpx, aiohttp and pyreqwest: ``benchmarks.bare_clients``'s worker pool and client settings, on
-  one long-lived client per process.
+  one long-lived client per process;
+- ``bare_contract``: a bare pyreqwest loop that does what TRS's contract requires of every request, and no more: a
+  streamed read capped at TRS's default body limit, a per-request timeout, status, headers and body kept, and every
+  result kept until the round ends. ``ratio_vs_same_contract`` compares TRS with it.
 
 Every client GETs nginx's tiny ``/`` body. nginx is a separate process, started once for the whole run.
 
@@ -54,7 +57,9 @@ from benchmarks.bare_clients import loop_name, peak_rss_mib, run_on_loop
 from benchmarks.nginx_target import nginx_target, spread_urls
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RUNS = ("bare_pyreqwest", "trs_pyreqwest", "bare_aiohttp", "bare_httpx", "trs_httpx")
+RUNS = ("bare_pyreqwest", "trs_pyreqwest", "bare_contract", "bare_aiohttp", "bare_httpx", "trs_httpx")
+#: The largest body the contract loop reads: TRS's default limit.
+MAX_BODY_BYTES = 700_000
 SERVICE_NAME = "bench"
 #: Per-task timeout. In local mode a task's deadline counts from launch, so it must cover the whole batch.
 TASK_TIMEOUT = 600.0
@@ -70,6 +75,8 @@ CHILD_TIMEOUT = 900.0
 
 
 Fetch = Callable[[str], Awaitable[bool]]
+#: What the contract loop keeps of one response: status, headers, body.
+Kept = tuple[int, list[tuple[str, str]], bytes]
 
 
 @dataclass(frozen=True)
@@ -154,7 +161,7 @@ async def _trs_rounds(transport: str, urls: list[str], plan: Plan, concurrency: 
 
 
 @contextlib.asynccontextmanager
-async def _bare_fetcher(client: str, concurrency: int) -> AsyncIterator[Fetch]:
+async def _bare_fetcher(client: str, concurrency: int, kept: list[Kept]) -> AsyncIterator[Fetch]:
     """A fetch function on one long-lived client, configured as in ``benchmarks.bare_clients``.
 
     The ``bare_*`` helpers build a client per call, so their warm-up would warm nothing but imports. TRS keeps one
@@ -196,15 +203,49 @@ async def _bare_fetcher(client: str, concurrency: int) -> AsyncIterator[Fetch]:
                 return _is_2xx(response.status)
 
             yield fetch_pyreqwest
+    elif client == "contract":
+        async with _contract_fetcher(concurrency, kept) as fetch_contract:
+            yield fetch_contract
     else:
         raise ValueError(f"unknown bare client {client!r}")
 
 
+@contextlib.asynccontextmanager
+async def _contract_fetcher(concurrency: int, kept: list[Kept]) -> AsyncIterator[Fetch]:
+    """A pyreqwest fetch that does what TRS's contract asks of each request, and appends each result to ``kept``."""
+    from pyreqwest.client import ClientBuilder
+
+    timeout = timedelta(seconds=REQUEST_TIMEOUT)
+    async with ClientBuilder().max_connections(concurrency).tcp_nodelay(True).build() as client:
+
+        async def fetch_contract(url: str) -> bool:
+            async with client.get(url).timeout(timeout).build_streamed() as response:
+                length = response.get_header("content-length")
+                if (length is not None) and length.isdigit():
+                    if int(length) > MAX_BODY_BYTES:
+                        raise ValueError(f"body of {length} bytes, over {MAX_BODY_BYTES}")
+                    body = bytes(await response.bytes())
+                else:
+                    chunks = bytearray()
+                    while (chunk := await response.body_reader.read_chunk()) is not None:
+                        chunks += chunk
+                        if len(chunks) > MAX_BODY_BYTES:
+                            raise ValueError(f"body over {MAX_BODY_BYTES} bytes")
+                    body = bytes(chunks)
+                kept.append((response.status, list(response.headers.items()), body))
+                return _is_2xx(response.status)
+
+        yield fetch_contract
+
+
 async def _bare_rounds(client: str, urls: list[str], plan: Plan, concurrency: int) -> list[Round]:
-    async with _bare_fetcher(client, concurrency) as fetch:
+    # The contract loop's results: every one stays alive until its round ends, as TRS keeps its batch's.
+    kept: list[Kept] = []
+    async with _bare_fetcher(client, concurrency, kept) as fetch:
         await _warm_up(plan, lambda count: drive(urls[:count], concurrency, fetch))
         rounds = []
         for _ in range(plan.rounds):
+            kept.clear()
             gc.collect()
             started = time.perf_counter()
             ok = await drive(urls[: plan.requests], concurrency, fetch)
@@ -309,7 +350,9 @@ def summarize(reports: dict[str, ChildReport], *, concurrency: int, fast: Plan, 
         "bare_rps_httpx": rps("bare_httpx"),
         "bare_rps_aiohttp": rps("bare_aiohttp"),
         "bare_rps_pyreqwest": rps("bare_pyreqwest"),
+        "bare_rps_same_contract": rps("bare_contract"),
         "ratio_vs_fastest_bare": _ratio(trs, max(bare) if bare else None),
+        "ratio_vs_same_contract": _ratio(trs, rps("bare_contract")),
         "ratio_vs_httpx_bare": _ratio(trs, rps("bare_httpx")),
         "ratio_httpx_vs_bare_httpx": _ratio(rps("trs_httpx"), rps("bare_httpx")),
         "trs_build_us_per_task": trs_report.build_us_per_task if trs_report is not None else None,

@@ -1,7 +1,7 @@
 """Remote-mode latency: launch to last result, for batches of 1, 10, 100 and 1,000 tasks.
 
 One run starts loopback nginx (tiny ``/`` body, on 8 ``127.0.0.x`` addresses), the embedded
-broker and two ``trs-worker`` processes (``producer.dev_cluster``), then one long-lived remote
+broker and two ``trs-worker`` processes (``producer.dev.cluster``), then one long-lived remote
 ``TaskRunner`` in this process, on uvloop, as a service would hold one. After a warm-up, it runs
 batches of each size one after another and times each from ``launch`` to the last result. The
 reply topic's deletion by ``close`` follows and is timed apart. ``topic_create_ms_p50`` is the
@@ -34,7 +34,7 @@ from typing import Any
 from benchmarks.bare_clients import loop_name, run_on_loop
 from benchmarks.nginx_target import loopback_addresses, nginx_target, spread_urls
 from producer import HttpRequest, Task, TaskRunner
-from producer.dev_cluster import dev_cluster
+from producer.dev.cluster import dev_cluster
 from producer.remote import PartitionKey
 from producer.shared_producer import close_shared_producers
 from producer.topics import TopicAdmin, TopicSpec

@@ -31,7 +31,9 @@ The machine is shared, so wall-clock rates are noisy. A full run repeats the thr
 interleaved, and reports the median drain and the median local round; ``--quick`` runs each once. Each figure
 also comes with CPU microseconds per task: of the worker processes and of their event-loop threads alone (the
 bottleneck: the hot path runs there), of the broker and of nginx over the same span, and of the local child and
-its event-loop thread. Those move far less with the machine's load than rates do.
+its event-loop thread. Those move far less with the machine's load than rates do. ``thread_cpu_us_per_task``
+splits the workers' CPU by kind of thread (``main``, ``pyreqwest``'s runtime, librdkafka's ``rdk:*``, ``python``
+for the fetcher and the other Python threads), which says where the CPU outside the event loop goes.
 
     python -m benchmarks.worker_throughput            # full run: 50,000 tasks, three times
     python -m benchmarks.worker_throughput --quick    # 10,000 tasks once: under a minute
@@ -48,6 +50,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -69,7 +72,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Messa
 
 from benchmarks.bare_clients import loop_name, peak_rss_mib, run_on_loop
 from benchmarks.nginx_target import nginx_target
-from producer.embedded_broker import EmbeddedBroker, free_port
+from producer.dev.embedded_broker import EmbeddedBroker, free_port
 from producer.topics import DEFAULT_REQUEST_PARTITIONS, TopicAdmin, TopicSpec
 from shared.models import HttpRequest, Task, TaskEnvelope
 from shared.wire import decode_result, encode_task, new_batch_id, reply_topic, request_topic
@@ -128,6 +131,8 @@ class DrainReport:
     #: The broker's and nginx's CPU per task over the same span; they share the machine's cores with the workers.
     broker_cpu_us_per_task: float
     nginx_cpu_us_per_task: float
+    #: The workers' CPU per task by kind of thread (see ``_thread_cpu``): where the CPU outside the loop goes.
+    thread_cpu_us_per_task: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -365,6 +370,8 @@ class Cpu:
     loops: float
     broker: float
     nginx: float
+    #: The workers' threads by kind (their names without the numbers that tell instances apart).
+    threads: dict[str, float]
 
     @classmethod
     def now(cls, workers: Sequence[WorkerProcess]) -> Cpu:
@@ -383,12 +390,30 @@ class Cpu:
             loops=sum(_proc_stat(f"/proc/{pid}/task/{pid}/stat")[2] for pid in pids),
             broker=children.get("broker", 0.0),
             nginx=children.get("nginx", 0.0),
+            threads=_thread_cpu(pids),
         )
 
     def __sub__(self, other: Cpu) -> Cpu:
+        threads = {name: seconds - other.threads.get(name, 0.0) for name, seconds in self.threads.items()}
         return Cpu(
-            self.workers - other.workers, self.loops - other.loops, self.broker - other.broker, self.nginx - other.nginx
+            self.workers - other.workers,
+            self.loops - other.loops,
+            self.broker - other.broker,
+            self.nginx - other.nginx,
+            threads,
         )
+
+
+def _thread_cpu(pids: Sequence[int]) -> dict[str, float]:
+    """CPU seconds of the threads of ``pids`` by kind: the main thread, ``rdk:broker``, ``trs-fetcher``..."""
+    kinds: dict[str, float] = {}
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                name, _, seconds = _proc_stat(f"{task}/stat")
+                kind = "main" if task.name == str(pid) else re.sub(r"[-_]?\d+$", "", name)
+                kinds[kind] = kinds.get(kind, 0.0) + seconds
+    return kinds
 
 
 @dataclass(frozen=True)
@@ -506,6 +531,9 @@ def _drain_report(records: list[ResultRecord], workers: int, count: int, join_se
         loop_cpu_us_per_task=round(cpu.loops / count * 1e6, 1),
         broker_cpu_us_per_task=round(cpu.broker / count * 1e6, 1),
         nginx_cpu_us_per_task=round(cpu.nginx / count * 1e6, 1),
+        thread_cpu_us_per_task={
+            name: round(seconds / count * 1e6, 1) for name, seconds in sorted(cpu.threads.items()) if seconds > 0
+        },
     )
 
 
@@ -566,6 +594,11 @@ def _median(values: Sequence[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
 
+def _thread_medians(reports: Sequence[DrainReport]) -> dict[str, float | None]:
+    kinds = sorted({kind for report in reports for kind in report.thread_cpu_us_per_task})
+    return {kind: _median([r.thread_cpu_us_per_task.get(kind, 0.0) for r in reports]) for kind in kinds}
+
+
 def summarize(
     drains: dict[str, list[DrainReport]], local: list[LocalReport], *, plan: Plan, concurrency: int
 ) -> dict[str, Any]:
@@ -595,6 +628,7 @@ def summarize(
         "loop_cpu_us_per_task": cpu("loop_cpu_us_per_task"),
         "broker_cpu_us_per_task": cpu("broker_cpu_us_per_task"),
         "nginx_cpu_us_per_task": cpu("nginx_cpu_us_per_task"),
+        "thread_cpu_us_per_task": {name: _thread_medians(reports) for name, reports in drains.items()},
         "join_seconds": {name: [d.join_seconds for d in reports] for name, reports in drains.items()},
         "tasks": plan.tasks,
         "repeat": plan.repeat,

@@ -7,7 +7,6 @@ ever sits on a command line; see the README.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from typing import Any
@@ -17,9 +16,11 @@ from confluent_kafka import KafkaException
 from pydantic import ValidationError
 
 from consumer.logs import configure_logging
+from consumer.settings import EngineSettings, WorkerSettings
 from consumer.worker import Worker, WorkerConfig
 from shared.errors import TrsError
-from shared.settings import EngineSettings, KafkaSettings, WorkerSettings
+from shared.event_loop import event_loop_runner
+from shared.settings import KafkaSettings
 
 __all__ = ["main"]
 
@@ -117,14 +118,6 @@ def _settings(values: dict[str, Any]) -> WorkerConfig:
     )
 
 
-def _event_loop_runner() -> asyncio.Runner:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.Runner()
-    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @_with_flags
 def main(**values: Any) -> None:
@@ -140,7 +133,7 @@ def main(**values: Any) -> None:
         raise click.UsageError(f"invalid setting: {problems}") from None
     configure_logging(fmt=config.worker.log_format, level=config.worker.log_level)
     try:
-        with _event_loop_runner() as runner:
+        with event_loop_runner() as runner:
             code = runner.run(Worker(config).run())
     except (TrsError, KafkaException, OSError) as exc:
         log.error("trs-worker could not run: %s", exc)

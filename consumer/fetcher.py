@@ -45,10 +45,10 @@ from typing import Any, NamedTuple
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.flow import Backlog, FlowControl, Step
+from consumer.metrics import WORKER_PARTITION_LAG
 from consumer.offsets import Commit, OffsetTracker, TopicPartitionKey
 from consumer.reminders import Reminder
 from shared.errors import InvalidEnvelope
-from shared.metrics import WORKER_PARTITION_LAG
 from shared.models import CancelEnvelope
 from shared.wire import CONTROL_KIND_CANCEL, CONTROL_TOPIC, control_kind, decode_cancel, message_headers
 
@@ -163,10 +163,6 @@ class Fetcher:
     def paused(self) -> bool:
         return self._paused
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
     def stop_fetching(self) -> None:
         """Take no more records; partitions are paused on the next round and polling goes on."""
         self._fetching.clear()
@@ -249,18 +245,22 @@ class Fetcher:
             messages += self._consumer.consume(limit - 1, 0)
         # Before the records are tracked: a stall inside consume is noticed before any is handed on.
         self._beat()
-        records = []
+        kept, consumed = [], []
         for message in messages:
             error = message.error()
             offset = message.offset()
             if error is not None or offset is None:
                 self._log_consume_error(error)
                 continue
-            key = (message.topic() or "", message.partition() or 0)
-            epoch = self._tracker.track(key, offset)
-            if epoch is not None:
-                records.append(Record(message, key, offset, epoch))
-        return records
+            kept.append(message)
+            consumed.append(((message.topic() or "", message.partition() or 0), offset))
+        # One lock for the batch: the event loop takes the same lock for every record it starts and ends.
+        epochs = self._tracker.track_batch(consumed)
+        return [
+            Record(message, key, offset, epoch)
+            for message, (key, offset), epoch in zip(kept, consumed, epochs, strict=True)
+            if epoch is not None
+        ]
 
     @staticmethod
     def _log_consume_error(error: KafkaError | None) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from consumer.settings import WorkerSettings
 from shared.kafka_logging import with_kafka_logging
-from shared.settings import KafkaSettings, WorkerSettings
+from shared.settings import KafkaSettings
 
 __all__ = ["consumer_config", "control_config", "producer_config", "subscription"]
 

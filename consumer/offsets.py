@@ -169,6 +169,20 @@ class OffsetTracker:
             state.track(offset)
             return state.epoch
 
+    def track_batch(self, consumed: Iterable[tuple[TopicPartitionKey, int]]) -> list[int | None]:
+        """``track`` a consumed batch under one lock; returns each offset's epoch, in order."""
+        epochs: list[int | None] = []
+        with self._lock:
+            partitions = self._partitions
+            for key, offset in consumed:
+                state = partitions.get(key)
+                if state is None:
+                    epochs.append(None)
+                else:
+                    state.track(offset)
+                    epochs.append(state.epoch)
+        return epochs
+
     def mark_done(self, key: TopicPartitionKey, offset: int, epoch: int) -> bool:
         """Record ``offset`` as done; ``False`` if it is stale (another epoch) or unknown."""
         with self._lock:
@@ -277,8 +291,3 @@ class OffsetTracker:
     def assigned(self) -> list[TopicPartitionKey]:
         with self._lock:
             return list(self._partitions)
-
-    def incomplete(self) -> int:
-        """How many tracked offsets are not done, across partitions."""
-        with self._lock:
-            return sum(state.incomplete_count for state in self._partitions.values())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,10 +25,11 @@ from functools import partial
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.fetcher import Record
+from consumer.metrics import WORKER_DLQ_RECORDS, WORKER_PRODUCE_ERRORS, WORKER_RESULTS_DROPPED
 from consumer.offsets import OffsetTracker
 from shared.errors import ErrorCode, InvalidEnvelope
-from shared.metrics import WORKER_DLQ_RECORDS, WORKER_PRODUCE_ERRORS, WORKER_RESULTS_DROPPED
 from shared.models import ResultEnvelope, TaskEnvelope, TaskError, TaskResult
+from shared.producing import produce, try_produce
 from shared.wire import DLQ_TOPIC, KafkaHeaders, batch_of_reply_topic, dead_letter_record, encode_result
 
 __all__ = ["DeadLetter", "Replies", "ReplyTopics"]
@@ -40,8 +42,6 @@ EXISTS_TTL = 1.0
 MISSING_TTL = 300.0
 #: Seconds one metadata lookup may take.
 LOOKUP_TIMEOUT = 5.0
-#: Seconds to wait when the producer's local queue is full.
-QUEUE_FULL_BACKOFF = 0.005
 #: Most reply topics remembered as existing, as missing, or as dropped; the oldest go first.
 MAX_REMEMBERED_TOPICS = 10_000
 #: Delivery errors that mean the reply topic is gone: the client closed its batch.
@@ -66,6 +66,14 @@ class _Expiring:
 
     def __len__(self) -> int:
         return len(self._since)
+
+    def age(self, topic: str) -> float | None:
+        """Seconds since ``topic`` was added, while it is remembered; else ``None``."""
+        since = self._since.get(topic)
+        if since is None:
+            return None
+        age = self._clock() - since
+        return age if age < self._ttl else None
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._since))
@@ -100,27 +108,46 @@ class ReplyTopics:
         return len(self._existing) + len(self._missing)
 
     def known(self, topic: str) -> bool | None:
-        """Whether ``topic`` exists, from a lookup recent enough to trust; ``None`` when there is none."""
-        if topic in self._existing:
+        """Whether ``topic`` exists, from a lookup recent enough to trust; ``None`` when there is none.
+
+        Past half its ``EXISTS_TTL``, a topic seen to exist is looked up again in the background,
+        so a busy batch's results never all wait for a lookup when the answer expires. Call it on
+        the event loop.
+        """
+        age = self._existing.age(topic)
+        if age is not None:
+            if age >= EXISTS_TTL / 2 and topic not in self._lookups:
+                self._look_up(topic)
             return True
         if topic in self._missing:
             return False
         return None
 
+    def refreshing(self, topic: str) -> bool:
+        """Whether a lookup of ``topic`` is under way."""
+        return topic in self._lookups
+
     async def exists(self, topic: str) -> bool:
         known = self.known(topic)
         if known is not None:
             return known
-        lookup = self._lookups.get(topic)
-        if lookup is None:
-            # One lookup per topic at a time, however many results wait on it.
-            lookup = asyncio.get_running_loop().run_in_executor(None, self._lookup, topic)
-            self._lookups[topic] = lookup
-            lookup.add_done_callback(lambda _: self._lookups.pop(topic, None))
-        exists = await asyncio.shield(lookup)
+        # One lookup per topic at a time, however many results wait on it.
+        lookup = self._lookups.get(topic) or self._look_up(topic)
+        return await asyncio.shield(lookup)
+
+    def _look_up(self, topic: str) -> asyncio.Future[bool]:
+        lookup = asyncio.get_running_loop().run_in_executor(None, self._lookup, topic)
+        self._lookups[topic] = lookup
+        lookup.add_done_callback(partial(self._looked_up, topic))
+        return lookup
+
+    def _looked_up(self, topic: str, lookup: asyncio.Future[bool]) -> None:
+        self._lookups.pop(topic, None)
+        if lookup.cancelled() or lookup.exception() is not None:
+            return
+        exists = lookup.result()
         (self._missing if exists else self._existing).discard(topic)
         (self._existing if exists else self._missing).add(topic)
-        return exists
 
     def _lookup(self, topic: str) -> bool:
         try:
@@ -214,30 +241,54 @@ class Replies:
         #: Reply topics whose drop was logged lately, so each is logged once.
         self._dropped_topics = _Expiring(MISSING_TTL, MAX_REMEMBERED_TOPICS, clock)
 
-    async def send_result(self, record: Record, batch_id: str, reply_topic: str, result: TaskResult) -> None:
-        """Produce ``result`` to ``reply_topic``; the record is done once the broker has it."""
-        acks = _Acks(self._tracker, record, 1)
-        # Nearly always known, so the lookup's coroutine is only made when it isn't.
+    def produce_result(self, record: Record, batch_id: str, reply_topic: str, result: TaskResult) -> bool:
+        """Produce ``result`` to ``reply_topic`` without waiting, as nearly always happens; ``False``
+        when that needs a wait (the topic is not known yet, or the producer's queue is full): call
+        ``send_result`` then. The record is done once the broker has the result."""
         exists = self._topics.known(reply_topic)
         if exists is None:
-            exists = await self._topics.exists(reply_topic)
+            return False
         if not exists:
+            self._drop(reply_topic)
+            _Acks(self._tracker, record, 1).done()
+            return True
+        value, headers = self._encode(batch_id, result)
+        try:
+            on_delivery = partial(self._delivered, _Acks(self._tracker, record, 1))
+            return try_produce(
+                self._producer, reply_topic, value, key=_key(result), headers=headers, on_delivery=on_delivery
+            )
+        except KafkaException as exc:
+            self._produce_failed(record, reply_topic, exc)
+            return True
+
+    async def send_result(self, record: Record, batch_id: str, reply_topic: str, result: TaskResult) -> None:
+        """Produce ``result`` to ``reply_topic``, waiting for the topic's lookup or for room if need be."""
+        acks = _Acks(self._tracker, record, 1)
+        if not await self._topics.exists(reply_topic):
             self._drop(reply_topic)
             acks.done()
             return
         value, headers = self._encode(batch_id, result)
-        key = str(result.task_id).encode()
-        on_delivery = partial(self._delivered, acks)
         try:
-            if not self._try_produce(reply_topic, value, headers, key, on_delivery):
-                await self._produce(reply_topic, value, headers, key, on_delivery)
+            await produce(
+                self._producer,
+                reply_topic,
+                value,
+                key=_key(result),
+                headers=headers,
+                on_delivery=partial(self._delivered, acks),
+            )
         except KafkaException as exc:
-            if _code(exc) in _TOPIC_GONE:
-                self._drop(reply_topic)
-                acks.done()
-                return
-            log.error("could not produce the result of %s to %s: %s; it runs again", _where(record), reply_topic, exc)
-            WORKER_PRODUCE_ERRORS.inc()
+            self._produce_failed(record, reply_topic, exc)
+
+    def _produce_failed(self, record: Record, reply_topic: str, exc: KafkaException) -> None:
+        if _code(exc) in _TOPIC_GONE:
+            self._drop(reply_topic)
+            self._tracker.mark_done(record.key, record.offset, record.epoch)
+            return
+        log.error("could not produce the result of %s to %s: %s; it runs again", _where(record), reply_topic, exc)
+        WORKER_PRODUCE_ERRORS.inc()
 
     async def dead_letter(self, record: Record, headers: KafkaHeaders | None, letter: DeadLetter) -> None:
         """Send a record, with the headers read from it (``None``: unreadable), to the dead-letter
@@ -261,13 +312,27 @@ class Replies:
         )
         log.warning("sending %s to %s: %s", _where(record), DLQ_TOPIC, letter.reason)
         try:
-            await self._produce(DLQ_TOPIC, dead.value, dead.headers, dead.key, partial(self._dead_lettered, acks))
+            await produce(
+                self._producer,
+                DLQ_TOPIC,
+                dead.value,
+                key=dead.key,
+                headers=dead.headers,
+                on_delivery=partial(self._dead_lettered, acks),
+            )
         except KafkaException as exc:
             _dead_letter_failed(acks, str(exc))
         if reply is not None:
             topic, value, result_headers, key = reply
             try:
-                await self._produce(topic, value, result_headers, key, partial(self._delivered, acks))
+                await produce(
+                    self._producer,
+                    topic,
+                    value,
+                    key=key,
+                    headers=result_headers,
+                    on_delivery=partial(self._delivered, acks),
+                )
             except KafkaException as exc:
                 log.error("could not produce the %s result of %s to %s: %s", letter.code, _where(record), topic, exc)
                 WORKER_PRODUCE_ERRORS.inc()
@@ -280,7 +345,7 @@ class Replies:
         batch_id = letter.batch_id or batch_of_reply_topic(letter.reply_topic)
         if batch_id is None or not await self._topics.exists(letter.reply_topic):
             return None
-        result = TaskResult.model_validate({"task_id": letter.task_id, "error": TaskError.of(letter.code)})
+        result = TaskResult(uuid.UUID(letter.task_id), error=TaskError.of(letter.code))
         value, headers = self._encode(batch_id, result)
         return letter.reply_topic, value, headers, letter.task_id.encode()
 
@@ -290,43 +355,17 @@ class Replies:
             # Kafka would refuse it; the client still gets an outcome.
             log.warning("result of task %s is %d bytes, over the message limit", result.task_id, len(value))
             too_large = TaskResult(
-                task_id=result.task_id,
-                error=TaskError.of(ErrorCode.RESPONSE_TOO_LARGE),
-                attempts=result.attempts,
-                elapsed=result.elapsed,
+                result.task_id,
+                None,
+                TaskError.of(ErrorCode.RESPONSE_TOO_LARGE),
+                result.attempts,
+                result.elapsed,
+                result.labels,
             )
             value, headers = encode_result(
                 ResultEnvelope(batch_id=batch_id, result=too_large, worker=self._worker_name)
             )
         return value, headers
-
-    async def _produce(
-        self,
-        topic: str,
-        value: bytes,
-        headers: list[tuple[str, str | bytes | None]],
-        key: bytes | str | None,
-        on_delivery: Callable[[KafkaError | None, Message], None],
-    ) -> None:
-        """Hand one record to the producer, waiting while its local queue is full; raises ``KafkaException``."""
-        while not self._try_produce(topic, value, headers, key, on_delivery):  # noqa: ASYNC110
-            # The local queue is full; the worker serves delivery reports meanwhile.
-            await asyncio.sleep(QUEUE_FULL_BACKOFF)
-
-    def _try_produce(
-        self,
-        topic: str,
-        value: bytes,
-        headers: list[tuple[str, str | bytes | None]],
-        key: bytes | str | None,
-        on_delivery: Callable[[KafkaError | None, Message], None],
-    ) -> bool:
-        """Hand one record to the producer; ``False`` when its local queue is full, ``KafkaException`` when refused."""
-        try:
-            self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-        except BufferError:
-            return False
-        return True
 
     def _delivered(self, acks: _Acks, error: KafkaError | None, message: Message) -> None:
         if error is None:
@@ -370,6 +409,10 @@ def _dead_letter_failed(acks: _Acks, error: str) -> None:
 def _code(exc: KafkaException) -> int | None:
     error = exc.args[0] if exc.args else None
     return error.code() if isinstance(error, KafkaError) else None
+
+
+def _key(result: TaskResult) -> bytes:
+    return str(result.task_id).encode()
 
 
 def _where(record: Record) -> str:

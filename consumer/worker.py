@@ -40,6 +40,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,20 +52,21 @@ from consumer.fetcher import Fetcher, FetcherConfig, Record
 from consumer.flow import Backlog
 from consumer.health import HealthServer, Probe
 from consumer.kafka_config import consumer_config, control_config, producer_config, subscription
-from consumer.offsets import OffsetTracker, Ownership
-from consumer.reminders import Reminder
-from consumer.replies import DeadLetter, Replies, ReplyTopics
-from shared.engine import Engine, TargetAllowlist, TlsConfig
-from shared.errors import BrokerUnavailable, ErrorCode, InvalidEnvelope, TopicMissing, TrsError
-from shared.metrics import (
+from consumer.metrics import (
     WORKER_INFLIGHT,
     WORKER_INTERNAL_ERRORS,
     WORKER_PARTITIONS_PAUSED,
     WORKER_TASKS_COMPLETED,
     WORKER_TASKS_RECEIVED,
 )
-from shared.models import CancelEnvelope, TaskEnvelope, TaskError, TaskResult
-from shared.settings import EngineSettings, KafkaSettings, WorkerSettings
+from consumer.offsets import OffsetTracker, Ownership
+from consumer.reminders import Reminder
+from consumer.replies import DeadLetter, Replies, ReplyTopics
+from consumer.settings import EngineSettings, WorkerSettings
+from shared.engine import Engine, TargetAllowlist, TlsConfig
+from shared.errors import BrokerUnavailable, ErrorCode, InvalidEnvelope, TopicMissing, TrsError
+from shared.models import CancelEnvelope, TaskEnvelope, TaskResult, error_result
+from shared.settings import KafkaSettings
 from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, KafkaHeaders, decode_consumed_task, message_headers
 
 __all__ = ["StartupTimeout", "Worker", "WorkerConfig"]
@@ -437,6 +439,8 @@ class Worker:
                 await self._failed(record, headers, exc, None)
 
     async def _handle(self, record: Record, headers: KafkaHeaders | None, runner: asyncio.Task[Any]) -> None:
+        # One coroutine for the whole record, besides the engine's: the steps that need no wait
+        # are plain calls, and each coroutine more costs every task its creation and its frames.
         ownership = self._tracker.begin(record.key, record.epoch, record.offset)
         if ownership is not Ownership.OWNED and not await self._wait_for_ownership(record):
             # The partition was revoked while this waited; its next owner runs it.
@@ -448,14 +452,47 @@ class Worker:
             await self._replies.dead_letter(record, headers, DeadLetter.invalid(exc))
             self._count(ErrorCode.INVALID_TASK.value)
             return
+        batch_id = envelope.batch_id
         try:
-            if envelope.batch_id in self._cancels:
+            if batch_id in self._cancels:
                 result = _error_result(envelope, ErrorCode.CANCELLED)
             else:
-                result = await self._execute(record, envelope, runner)
-            await self._reply(record, envelope, result)
+                running = self._start_running(batch_id, runner)
+                try:
+                    result = await self._engine.run(envelope.task, deadline=_monotonic_deadline(envelope))
+                except asyncio.CancelledError:
+                    result = await self._cut(record, envelope, runner)
+                finally:
+                    # Synchronous, so a cancel order only ever finds runners awaiting the engine.
+                    running.discard(runner)
+                    if not running:
+                        del self._running[batch_id]
+            later = self._reply(record, envelope, result)
+            if later is not None:
+                await later
         except Exception as exc:
             await self._failed(record, headers, exc, envelope)
+
+    def _start_running(self, batch_id: str, runner: asyncio.Task[Any]) -> set[asyncio.Task[Any]]:
+        """Note that ``runner`` runs a task of ``batch_id``, so a cancel order for it can cut the runner."""
+        running = self._running.get(batch_id)
+        if running is None:
+            running = self._running[batch_id] = set()
+        running.add(runner)
+        return running
+
+    async def _cut(self, record: Record, envelope: TaskEnvelope, runner: asyncio.Task[Any]) -> TaskResult:
+        """The result of a task cut by a cancel order; one cut by the drain is answered, then the runner ends."""
+        cut = _error_result(envelope, ErrorCode.CANCELLED)
+        if self._draining or envelope.batch_id not in self._cancels:
+            # Cut by the drain: the client still gets an outcome, then the runner ends.
+            later = self._reply(record, envelope, cut)
+            if later is not None:
+                await asyncio.shield(later)
+            raise asyncio.CancelledError
+        # Cut by a cancel order: this runner goes on with the next record.
+        runner.uncancel()
+        return cut
 
     async def _failed(
         self, record: Record, headers: KafkaHeaders | None, exc: Exception, envelope: TaskEnvelope | None
@@ -471,28 +508,14 @@ class Worker:
             return
         self._count(ErrorCode.INTERNAL.value)
 
-    async def _execute(self, record: Record, envelope: TaskEnvelope, runner: asyncio.Task[Any]) -> TaskResult:
-        """Run the task on the engine; a cancel order for its batch, or the drain, cuts it."""
-        running = self._running.setdefault(envelope.batch_id, set())
-        running.add(runner)
-        try:
-            return await self._engine.run(envelope.task, deadline=_monotonic_deadline(envelope))
-        except asyncio.CancelledError:
-            cut = _error_result(envelope, ErrorCode.CANCELLED)
-            if self._draining or envelope.batch_id not in self._cancels:
-                # Cut by the drain: the client still gets an outcome, then the runner ends.
-                await asyncio.shield(self._reply(record, envelope, cut))
-                raise
-            # Cut by a cancel order: this runner goes on with the next record.
-            runner.uncancel()
-            return cut
-        finally:
-            # Synchronous, so a cancel order only ever finds runners awaiting the engine.
-            running.discard(runner)
-            if not running:
-                del self._running[envelope.batch_id]
+    def _reply(self, record: Record, envelope: TaskEnvelope, result: TaskResult) -> Awaitable[None] | None:
+        """Produce ``result``; ``None`` when that is done at once (nearly always), else what to await."""
+        if self._replies.produce_result(record, envelope.batch_id, envelope.reply_topic, result):
+            self._count(result.outcome)
+            return None
+        return self._reply_later(record, envelope, result)
 
-    async def _reply(self, record: Record, envelope: TaskEnvelope, result: TaskResult) -> None:
+    async def _reply_later(self, record: Record, envelope: TaskEnvelope, result: TaskResult) -> None:
         await self._replies.send_result(record, envelope.batch_id, envelope.reply_topic, result)
         self._count(result.outcome)
 
@@ -536,4 +559,4 @@ def _monotonic_deadline(envelope: TaskEnvelope) -> float:
 
 
 def _error_result(envelope: TaskEnvelope, code: ErrorCode) -> TaskResult:
-    return TaskResult(task_id=envelope.task.id, error=TaskError.of(code))
+    return error_result(envelope.task, code)

@@ -6,7 +6,9 @@ from producer.sync import run
 from shared.engine import TlsConfig
 from shared.errors import BrokerUnavailable, ErrorCode, TopicMissing, TrsError, UsageError
 from shared.models import (
+    BreakerPolicy,
     ClientPolicy,
+    HostPolicy,
     HttpRequest,
     HttpResponse,
     RetryPolicy,
@@ -19,9 +21,11 @@ from shared.models import (
 __all__ = [
     "Batch",
     "BatchState",
+    "BreakerPolicy",
     "BrokerUnavailable",
     "ClientPolicy",
     "ErrorCode",
+    "HostPolicy",
     "HttpRequest",
     "HttpResponse",
     "RetryPolicy",

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from shared.errors import ErrorCode, UsageError
-from shared.models import Task, TaskError, TaskResult
+from shared.models import Task, TaskResult, error_result
 
 __all__ = ["Batch", "BatchState"]
 
@@ -81,11 +81,10 @@ class Batch:
 
     def fail_pending(self, code: ErrorCode) -> int:
         """End every task still waiting with error ``code``; returns how many."""
-        error = TaskError.of(code)
         pending = [t for t in self.tasks if t.id in self._pending]
         now = time.monotonic()
         for task in pending:
-            self.deliver(TaskResult(task_id=task.id, error=error, elapsed=now - self.launched_at))
+            self.deliver(error_result(task, code, elapsed=now - self.launched_at))
         return len(pending)
 
     def close(self) -> None:

@@ -21,15 +21,14 @@ from typing import Any, TextIO
 import click
 from rich.console import Console
 
-from producer.demo_target import demo_target
-from producer.dev_cluster import dev_cluster
+from producer.host_limits import with_host_limits
 from producer.report import batch_progress, outcome_counts, summary_table
 from producer.runner import DEFAULT_MAX_INFLIGHT, Mode, TaskRunner
 from producer.shared_producer import close_shared_producers
-from producer.sync import event_loop_runner
 from producer.task_file import read_tasks
 from producer.topics import DEFAULT_REQUEST_PARTITIONS, TopicAdmin
 from shared.errors import BrokerUnavailable, TrsError
+from shared.event_loop import event_loop_runner
 from shared.kafka_logging import kafka_logger
 from shared.models import HttpRequest, Task, TaskResult
 from shared.settings import KafkaSettings
@@ -112,6 +111,14 @@ def main() -> None:
 @click.option("--output", "-o", type=click.File("w"), default="-", help="Where results go, one JSON line each.")
 @click.option("--service", help="Service name; defaults to the first task's.")
 @click.option("--max-inflight", type=click.IntRange(min=1), default=DEFAULT_MAX_INFLIGHT, show_default=True)
+@click.option(
+    "--per-host", type=click.IntRange(1, 100_000), help="At most N requests in flight to any one host, for every task."
+)
+@click.option(
+    "--rate-per-host",
+    type=click.FloatRange(0, 100_000, min_open=True),
+    help="At most R requests a second to any one host (a second's worth at once), for every task.",
+)
 @bootstrap_option
 def run_command(
     tasks_file: Path,
@@ -119,6 +126,8 @@ def run_command(
     output: TextIO,
     service: str | None,
     max_inflight: int,
+    per_host: int | None,
+    rate_per_host: float | None,
     bootstrap_servers: str | None,
 ) -> None:
     """Run the tasks in TASKS.jsonl (one Task as JSON per line) as one batch.
@@ -132,6 +141,7 @@ def run_command(
         raise click.ClickException(str(exc)) from None
     if not tasks:
         raise click.ClickException(f"{tasks_file} holds no tasks")
+    tasks = with_host_limits(tasks, per_host=per_host, rate_per_host=rate_per_host)
     options: dict[str, Any] = {"max_inflight": max_inflight}
     if mode == "remote":
         options["kafka"] = _kafka(bootstrap_servers)
@@ -163,7 +173,7 @@ async def _stream(
             async for result in batch:
                 results.append(result)
                 if output is not None:
-                    output.write(result.model_dump_json() + "\n")
+                    output.write(result.to_json().decode() + "\n")
                 progress.advance(bar)
             await runner.close(batch)
     if output is not None:
@@ -183,10 +193,22 @@ def topics() -> None:
 
 @topics.command("init")
 @click.option("--service", "services", multiple=True, help="Also create this service's request topic. Repeatable.")
-@click.option("--partitions", type=click.IntRange(min=1), default=DEFAULT_REQUEST_PARTITIONS, show_default=True)
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=DEFAULT_REQUEST_PARTITIONS,
+    show_default=True,
+    help="Partitions of each request topic: the most workers that can share a service.",
+)
 @bootstrap_option
 def topics_init(services: tuple[str, ...], partitions: int, bootstrap_servers: str | None) -> None:
-    """Create trs-control, trs-dlq and the request topics of the services named, where missing."""
+    """Create trs-control, trs-dlq and the request topics of the services named, where missing.
+
+    Per-host limits are kept by each worker. For them to hold across workers, launch with
+    partition_key="host", so every task for a host goes to one partition and so to one worker,
+    and give a few times more partitions than workers, so the hosts spread evenly over them.
+    With partition_key="task" each worker keeps its own limits.
+    """
     admin = TopicAdmin(_kafka(bootstrap_servers).librdkafka_config())
     try:
         created = admin.init(services, partitions=partitions)
@@ -234,6 +256,9 @@ def dev() -> None:
 @click.option("--service", "services", multiple=True, default=["demo"], show_default=True, help="Repeatable.")
 def dev_up(workers: int, services: tuple[str, ...]) -> None:
     """Run a broker and workers until Ctrl-C; remote runners reach it with the printed bootstrap servers."""
+    # The dev tools load only for `trs dev`: the worker image carries `trs` without them.
+    from producer.dev.cluster import dev_cluster
+
     with _stopping_on_signals(), dev_cluster(workers=workers, services=services) as cluster:
         click.echo(f"broker at {cluster.bootstrap_servers}; request topics for: {', '.join(services)}")
         for worker in cluster.workers:
@@ -249,6 +274,9 @@ def dev_up(workers: int, services: tuple[str, ...]) -> None:
 @click.option("--output", "-o", type=click.File("w"), default=None, help="Also write each result as a JSON line.")
 def dev_demo(count: int, workers: int, max_inflight: int, output: TextIO | None) -> None:
     """Start a broker, workers and a stand-in fleet, run one remote batch against it, and stop everything."""
+    from producer.dev.cluster import dev_cluster
+    from producer.dev.demo_target import demo_target
+
     service = "demo"
     with _stopping_on_signals(), demo_target() as fleet, dev_cluster(workers=workers, services=[service]) as cluster:
         click.echo(

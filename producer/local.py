@@ -16,7 +16,7 @@ from producer.backend import Backend
 from producer.batch import Batch
 from shared.engine import Engine, TlsConfig
 from shared.errors import ErrorCode
-from shared.models import Task, TaskError, TaskResult
+from shared.models import Task, error_result
 
 __all__ = ["LocalBackend"]
 
@@ -95,7 +95,7 @@ class LocalBackend(Backend):
                     result = await engine.run(task, deadline=launched_at + task.timeout)
                 except Exception:
                     log.exception("engine failed on task %s", task.id)
-                    result = TaskResult(task_id=task.id, error=TaskError.of(ErrorCode.INTERNAL))
+                    result = error_result(task, ErrorCode.INTERNAL)
                 deliver(result)
                 if slots.wanted and queue:
                     # Another batch's worker waits: take turns, as a slot per task would.

@@ -48,7 +48,8 @@ from producer.topics import TopicAdmin, TopicSpec
 from shared.engine import TlsConfig
 from shared.errors import BrokerUnavailable, ErrorCode, TopicMissing, UsageError
 from shared.kafka_logging import with_kafka_logging
-from shared.models import CancelEnvelope, ResultEnvelope, Task, TaskEnvelope, TaskError, TaskResult
+from shared.models import CancelEnvelope, ResultEnvelope, Task, TaskEnvelope, TaskResult, error_result
+from shared.producing import produce
 from shared.settings import KafkaSettings
 from shared.wire import CONTROL_TOPIC, encode_cancel, encode_task, reply_topic, request_topic
 
@@ -70,8 +71,6 @@ TASKS_PER_REPLY_PARTITION = 1000
 MAX_REPLY_PARTITIONS = 12
 #: A reply topic outlives its batch's last deadline by this much, then the broker drops its data.
 REPLY_RETENTION_MARGIN = timedelta(hours=1)
-#: Seconds to wait when the producer's local queue is full.
-QUEUE_FULL_BACKOFF = 0.005
 #: Seconds between the reply reader letting go of a reply topic and its deletion: fifty times
 #: the longest a fetch waits at the broker (see ``_settle``).
 UNASSIGN_SETTLE = 0.25
@@ -176,10 +175,6 @@ class RemoteBackend(Backend):
         self._producer: Producer | None = None
         self._reader: ReplyReader | None = None
 
-    @property
-    def result_grace(self) -> float:
-        return self._grace
-
     # Launch -----------------------------------------------------------------------------------
 
     async def start(self, batch: Batch) -> None:
@@ -242,27 +237,17 @@ class RemoteBackend(Backend):
             envelope = TaskEnvelope(batch_id=batch.id, reply_topic=state.reply_topic, deadline=deadline, task=task)
             value, headers = encode_task(envelope)
             state.out.add(task.id)
-            await self._produce(producer, self._request_topic, value, headers, self._key(task), state.delivered)
+            await produce(
+                producer,
+                self._request_topic,
+                value,
+                key=self._key(task),
+                headers=headers,
+                on_delivery=state.delivered,
+                serve_reports=True,
+            )
         # Serve the last delivery reports, so a failure is logged.
         await asyncio.to_thread(producer.flush, self._timeout)
-
-    async def _produce(
-        self,
-        producer: Producer,
-        topic: str,
-        value: bytes,
-        headers: list[tuple[str, str | bytes | None]],
-        key: str,
-        on_delivery: Callable[[KafkaError | None, Message], None],
-    ) -> None:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0)
-                await asyncio.sleep(QUEUE_FULL_BACKOFF)
-        producer.poll(0)
 
     # Results ----------------------------------------------------------------------------------
 
@@ -310,7 +295,10 @@ class RemoteBackend(Backend):
         value, headers = encode_cancel(CancelEnvelope(batch_id=batch.id, deadline=longest))
         producer = self._producer_started()
         refused: list[str] = []
-        await self._produce(producer, CONTROL_TOPIC, value, headers, batch.id, _errors_into(refused))
+        delivered = _errors_into(refused)
+        await produce(
+            producer, CONTROL_TOPIC, value, key=batch.id, headers=headers, on_delivery=delivered, serve_reports=True
+        )
         undelivered = await asyncio.to_thread(producer.flush, self._timeout)
         batch.fail_pending(ErrorCode.CANCELLED)
         self._release_all(state)
@@ -419,7 +407,7 @@ def _host_key(task: Task) -> str:
 
 
 def _error(task: Task, code: ErrorCode) -> TaskResult:
-    return TaskResult(task_id=task.id, error=TaskError.of(code))
+    return error_result(task, code)
 
 
 def _errors_into(errors: list[str]) -> Callable[[KafkaError | None, Message], None]:

@@ -82,7 +82,6 @@ class TaskRunner:
         result_grace: float = DEFAULT_RESULT_GRACE,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         partition_key: PartitionKey = "task",
-        backend: Backend | None = None,
     ) -> None:
         if mode not in ("local", "remote"):
             raise UsageError(f"mode must be 'local' or 'remote', got {mode!r}")
@@ -96,9 +95,8 @@ class TaskRunner:
         self._state = RunnerState.UNOPENED
         self._batches: dict[str, Batch] = {}
         self._grace = 0.0
-        if backend is not None:
-            self._backend = backend
-        elif mode == "local":
+        self._backend: Backend
+        if mode == "local":
             _only_in("local", bootstrap_servers=bootstrap_servers, kafka=kafka)
             from producer.local import LocalBackend
 

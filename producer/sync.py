@@ -8,18 +8,10 @@ from typing import Any
 
 from producer.runner import Mode, TaskRunner
 from shared.errors import UsageError
+from shared.event_loop import event_loop_runner
 from shared.models import Task, TaskResult
 
-__all__ = ["event_loop_runner", "run"]
-
-
-def event_loop_runner() -> asyncio.Runner:
-    """An ``asyncio.Runner`` on uvloop when it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.Runner()
-    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+__all__ = ["run"]
 
 
 def run(

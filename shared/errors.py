@@ -55,6 +55,7 @@ class ErrorCode(StrEnum):
     TARGET_NOT_ALLOWED = "target_not_allowed"  #: the target, or an address it resolves to, is outside the allowlist
     RESPONSE_TOO_LARGE = "response_too_large"  #: the response body exceeded the size limit
     NO_RESULT = "no_result"  #: no worker answered before the deadline plus grace
+    CIRCUIT_OPEN = "circuit_open"  #: the target host's circuit breaker is open; the task was not sent
     INTERNAL = "internal"  #: an unexpected failure; details are in the logs only
 
 
@@ -70,6 +71,7 @@ ERROR_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.TARGET_NOT_ALLOWED: "the target is not on the allowlist",
     ErrorCode.RESPONSE_TOO_LARGE: "the response body exceeded the size limit",
     ErrorCode.NO_RESULT: "no result arrived before the task's deadline",
+    ErrorCode.CIRCUIT_OPEN: "the target host keeps failing, so its circuit breaker is open; the task was not sent",
     ErrorCode.INTERNAL: "an internal error occurred",
 }
 

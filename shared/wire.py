@@ -36,6 +36,7 @@ from shared.models import (
     ReleaseNotice,
     ResultEnvelope,
     TaskEnvelope,
+    is_topic_name,
     normalize_service_name,
 )
 
@@ -97,7 +98,6 @@ HEADER_SCHEMA = "trs-schema"
 HEADER_CONTENT_TYPE = "content-type"
 HEADER_BATCH_ID = "trs-batch-id"
 HEADER_TASK_ID = "trs-task-id"
-HEADER_TRACEPARENT = "traceparent"
 HEADER_DLQ_REASON = "trs-dlq-reason"
 HEADER_DLQ_TOPIC = "trs-dlq-topic"
 HEADER_DLQ_PARTITION = "trs-dlq-partition"
@@ -283,7 +283,7 @@ def header_value(headers: HeadersIn, name: str) -> bytes | None:
     return None
 
 
-def _base_headers(batch_id: str, task_id: str | None, traceparent: str | None) -> KafkaHeaders:
+def _base_headers(batch_id: str, task_id: str | None) -> KafkaHeaders:
     headers: KafkaHeaders = [
         (HEADER_SCHEMA, _SCHEMA_BYTES),
         (HEADER_CONTENT_TYPE, CONTENT_TYPE),
@@ -291,26 +291,29 @@ def _base_headers(batch_id: str, task_id: str | None, traceparent: str | None) -
     ]
     if task_id is not None:
         headers.append((HEADER_TASK_ID, task_id.encode()))
-    if traceparent:
-        headers.append((HEADER_TRACEPARENT, traceparent.encode()))
     return headers
 
 
-def encode_task(envelope: TaskEnvelope, *, traceparent: str | None = None) -> tuple[bytes, KafkaHeaders]:
+def _json(envelope: BaseModel) -> bytes:
+    # Straight to bytes: model_dump_json() builds a str that .encode() then copies.
+    return envelope.__pydantic_serializer__.to_json(envelope)
+
+
+def encode_task(envelope: TaskEnvelope) -> tuple[bytes, KafkaHeaders]:
     """Value bytes and headers of a task message."""
-    headers = _base_headers(envelope.batch_id, str(envelope.task.id), traceparent)
-    return envelope.model_dump_json().encode(), headers
+    headers = _base_headers(envelope.batch_id, str(envelope.task.id))
+    return _json(envelope), headers
 
 
 def encode_result(envelope: ResultEnvelope) -> tuple[bytes, KafkaHeaders]:
     """Value bytes and headers of a result message."""
-    headers = _base_headers(envelope.batch_id, str(envelope.result.task_id), None)
-    return envelope.model_dump_json().encode(), headers
+    headers = _base_headers(envelope.batch_id, str(envelope.result.task_id))
+    return _json(envelope), headers
 
 
 def encode_cancel(envelope: CancelEnvelope) -> tuple[bytes, KafkaHeaders]:
     """Value bytes and headers of a cancel order."""
-    return envelope.model_dump_json().encode(), _base_headers(envelope.batch_id, None, None)
+    return envelope.model_dump_json().encode(), _base_headers(envelope.batch_id, None)
 
 
 def encode_release(notice: ReleaseNotice) -> tuple[bytes, KafkaHeaders]:
@@ -349,8 +352,7 @@ def _salvage(value: bytes) -> tuple[str | None, str | None]:
     reply = raw.get("reply_topic")
     task = raw.get("task")
     task_id = task.get("id") if isinstance(task, dict) else None
-    reply_ok = isinstance(reply, str) and bool(re.fullmatch(r"[A-Za-z0-9._-]{1,249}", reply))
-    return (reply if reply_ok else None), _as_uuid(task_id)
+    return (reply if is_topic_name(reply) else None), _as_uuid(task_id)
 
 
 def _as_uuid(value: object) -> str | None:
@@ -408,7 +410,12 @@ def decode_consumed_task(
     if len(headers) > MAX_TASK_HEADERS:
         raise _salvaged(f"headers: {len(headers)}, over the limit of {MAX_TASK_HEADERS}", value)
     if max_message_bytes is not None:
-        size = len(value or b"") + sum(_header_size(k, v) for k, v in headers)
+        size = len(value or b"")
+        for key, header in headers:
+            # A str counts in UTF-8 bytes; TRS's own headers are ASCII names and bytes values.
+            size += len(key) if key.isascii() else len(_as_bytes(key))
+            if header is not None:
+                size += len(header) if isinstance(header, bytes) else len(_as_bytes(header))
         if size > max_message_bytes:
             raise _salvaged(f"message: {size} bytes, over the limit of {max_message_bytes}", value)
     return decode_task(value, headers)

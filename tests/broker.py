@@ -11,7 +11,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from producer.embedded_broker import EmbeddedBroker, wait_for_broker
+from producer.dev.embedded_broker import EmbeddedBroker, wait_for_broker
 
 
 def _docker_answers() -> bool:

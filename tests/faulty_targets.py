@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from producer.embedded_broker import free_port, with_parent_death_signal
+from producer.dev.embedded_broker import free_port, with_parent_death_signal
 
 __all__ = ["FaultyTargets", "faulty_targets"]
 

@@ -15,6 +15,7 @@ Routes:
     /cookies                 two Set-Cookie headers
     /hits/{key}              how many times key K was hit, as text
     /peak/{key}              the most /sleep requests of key K that were open at once
+    /arrivals/{key}          when each request of key K arrived, as a JSON list of monotonic seconds
     /sleeping/{key}          how many /sleep requests of key K are open now
     /stats                   JSON counters of the /sleep route
 """
@@ -38,7 +39,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from producer.embedded_broker import free_port, with_parent_death_signal
+from producer.dev.embedded_broker import free_port, with_parent_death_signal
 
 #: Seconds the child may take to serve: beside parallel pytest processes on a busy machine its imports may take 15.
 STARTUP_TIMEOUT = 60
@@ -53,6 +54,7 @@ class TargetState:
     peak_sleeping: int = 0
     sleeping_by_key: Counter[str] = field(default_factory=Counter)
     peak_by_key: Counter[str] = field(default_factory=Counter)
+    arrivals: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _app(state: TargetState) -> web.Application:
@@ -62,6 +64,7 @@ def _app(state: TargetState) -> web.Application:
     def _count(request: web.Request) -> tuple[int, int]:
         key = request.query.get("key", request.path)
         state.hits[key] += 1
+        state.arrivals.setdefault(key, []).append(time.monotonic())
         times = int(request.query.get("times", "1000000000"))
         return state.hits[key], times
 
@@ -142,6 +145,9 @@ def _app(state: TargetState) -> web.Application:
     async def sleeping(request: web.Request) -> web.Response:
         return web.Response(text=str(state.sleeping_by_key[request.match_info["key"]]))
 
+    async def arrivals(request: web.Request) -> web.Response:
+        return web.Response(text=json.dumps(state.arrivals.get(request.match_info["key"], [])))
+
     async def stats(request: web.Request) -> web.Response:
         counters = {k: v for k, v in asdict(state).items() if isinstance(v, int)}
         return web.Response(text=json.dumps(counters), content_type="application/json")
@@ -160,6 +166,7 @@ def _app(state: TargetState) -> web.Application:
     app.router.add_get("/stats", stats)
     app.router.add_get("/peak/{key}", peak)
     app.router.add_get("/sleeping/{key}", sleeping)
+    app.router.add_get("/arrivals/{key}", arrivals)
     return app
 
 
@@ -190,6 +197,11 @@ class HttpTarget:
         """How many ``/sleep`` requests of key ``key`` are open now."""
         with urllib.request.urlopen(f"{self.http}/sleeping/{key}", timeout=5) as response:
             return int(response.read())
+
+    def arrivals(self, key: str) -> list[float]:
+        """When each request of key ``key`` arrived, in the order they did (monotonic seconds)."""
+        with urllib.request.urlopen(f"{self.http}/arrivals/{key}", timeout=5) as response:
+            return [float(t) for t in json.load(response)]
 
     def peak(self, key: str) -> int:
         """The most ``/sleep`` requests of key ``key`` that were open at once."""

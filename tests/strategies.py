@@ -9,9 +9,11 @@ from hypothesis import strategies as st
 
 from shared.errors import ErrorCode
 from shared.models import (
+    EMPTY_LABELS,
     ClientPolicy,
     HttpRequest,
     HttpResponse,
+    Labels,
     ResultEnvelope,
     RetryPolicy,
     Task,
@@ -32,6 +34,10 @@ request_header_values = st.text(st.characters(blacklist_categories=["Cs", "Cc"])
 _header_names = st.one_of(st.sampled_from(["Set-Cookie", "X-Dup"]), header_names)
 headers = st.lists(st.tuples(_header_names, header_values), max_size=6)
 request_headers = st.lists(st.tuples(_header_names, request_header_values), max_size=6)
+_label_text = st.characters(blacklist_categories=["Cs"])
+labels = st.dictionaries(
+    st.text(_label_text, min_size=1, max_size=20), st.text(_label_text, max_size=40), max_size=4
+).map(lambda pairs: Labels(pairs) if pairs else EMPTY_LABELS)
 service_names = st.from_regex(r"\A[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?\Z")
 batch_ids = st.from_regex(r"\A[A-Za-z0-9_-]{1,32}\Z")
 urls = st.builds(
@@ -67,12 +73,15 @@ tasks = st.builds(
     timeout=st.floats(0.001, 3600.0),
     policy=st.builds(ClientPolicy, retry=retry_policies, transport=transport_policies),
     ignore=st.booleans(),
+    labels=labels,
 )
-responses = st.builds(HttpResponse, status_code=st.integers(100, 599), headers=headers, body=st.binary(max_size=512))
+responses = st.builds(
+    HttpResponse, status_code=st.integers(100, 599), headers=headers.map(tuple), body=st.binary(max_size=512)
+)
 errors = st.sampled_from(list(ErrorCode)).map(TaskError.of)
 results = st.one_of(
-    st.builds(TaskResult, response=responses, error=st.none(), attempts=st.integers(0, 10)),
-    st.builds(TaskResult, response=st.none(), error=errors, attempts=st.integers(0, 10)),
+    st.builds(TaskResult, response=responses, error=st.none(), attempts=st.integers(0, 10), labels=labels),
+    st.builds(TaskResult, response=st.none(), error=errors, attempts=st.integers(0, 10), labels=labels),
 )
 deadlines = st.integers(-3600, 86_400).map(lambda s: datetime.now(UTC) + timedelta(seconds=s))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from producer.embedded_broker import free_port, with_parent_death_signal
+from producer.dev.embedded_broker import free_port, with_parent_death_signal
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Tansu needs about half the session timeout to form a group; a short one keeps tests quick.

@@ -13,17 +13,17 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from urllib.parse import urlsplit
 
-from prometheus_client import Histogram
-
 from shared.engine.allowlist import TargetAllowlist
+from shared.engine.hosts import HostRegistry
 from shared.engine.retry import backoff_delay, parse_retry_after, should_retry
 from shared.engine.transport import TlsConfig, Transport, TransportFactory
 from shared.errors import ErrorCode, InternalError, TaskFailed
+from shared.histogram import HistogramChild
 from shared.metrics import HTTP_REQUEST_DURATION, HTTP_RETRIES, status_class
-from shared.models import HttpRequest, HttpResponse, Task, TaskError, TaskResult, TransportPolicy
+from shared.models import HttpRequest, HttpResponse, Task, TaskResult, TransportPolicy, error_result
 
 __all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "Engine", "transport_factory"]
 
@@ -51,9 +51,8 @@ def transport_factory(name: str) -> TransportFactory:
 
 
 @functools.cache
-def _duration_histogram(method: str, status: int | None) -> Histogram:
-    # prometheus-client's labels() builds and checks the label tuple under a lock on every call;
-    # the labelled child never changes, so look it up once per method and status code.
+def _duration_histogram(method: str, status: int | None) -> HistogramChild:
+    # The labelled child never changes, so it is looked up once per method and status code.
     return HTTP_REQUEST_DURATION.labels(method, status_class(status))
 
 
@@ -77,10 +76,7 @@ def _failure(exc: Exception, transport: Transport) -> TaskFailed | None:
 
 
 def _error(task: Task, code: ErrorCode, attempts: int, started: float, status: int | None = None) -> TaskResult:
-    error = TaskError.of(code)
-    if status is not None:
-        error = error.model_copy(update={"status_code": status})
-    return TaskResult(task_id=task.id, error=error, attempts=attempts, elapsed=time.monotonic() - started)
+    return error_result(task, code, attempts=attempts, elapsed=time.monotonic() - started, status_code=status)
 
 
 class Engine:
@@ -101,11 +97,7 @@ class Engine:
         self._transports: dict[tuple[TransportPolicy, TlsConfig], Transport] = {}
         self._last_transport: tuple[TransportPolicy, TlsConfig, Transport] | None = None
         self._host_limits: dict[tuple[TransportPolicy, str], asyncio.Semaphore] = {}
-        self._clock: Callable[[], float] = time.monotonic
-
-    @property
-    def tls(self) -> TlsConfig:
-        return self._tls
+        self._hosts = HostRegistry(clock=time.monotonic)
 
     def set_tls(self, tls: TlsConfig) -> None:
         """Use ``tls`` for tasks started from now on; pools already open keep theirs until ``aclose``."""
@@ -118,7 +110,7 @@ class Engine:
         The task's own ``timeout`` always applies too, so a later ``deadline`` can't stretch it.
         Cancelling the caller's asyncio task cancels the attempt in flight.
         """
-        started = self._clock()
+        started = time.monotonic()
         if (deadline is not None) and started >= deadline:
             return _error(task, ErrorCode.EXPIRED, 0, started)
         own_deadline = started + task.timeout
@@ -127,53 +119,68 @@ class Engine:
         if self._allowlist.enabled:
             try:
                 # Resolving a host name counts against the deadline like any attempt.
-                async with asyncio.timeout(deadline - self._clock()):
+                async with asyncio.timeout(deadline - time.monotonic()):
                     request = await self._allowlist.target(request)
             except TaskFailed as exc:
                 return _error(task, exc.code, 0, started)
             except TimeoutError:
                 return _error(task, ErrorCode.TIMEOUT, 0, started)
-        user_agent = _default_user_agent(task)
+        # Most requests set no headers at all, and then no User-Agent either.
+        user_agent = _default_user_agent(task) if request.headers else task.service_name
         transport = self._transport_for(task.policy.transport)
         policy = task.policy.retry
+        # The host as the task's URL names it, not the address the allowlist may have put in its place.
+        host = self._hosts.host(task.request.url, task.policy.host)
+        last: HttpResponse | TaskFailed | None = None
         attempt = 0
         while True:
-            if self._clock() >= deadline:
+            if time.monotonic() >= deadline:
                 return _error(task, ErrorCode.TIMEOUT, attempt, started)
+            refused = await host.enter(deadline, sent_before=attempt > 0)
+            if refused is not None:
+                # circuit_open means never sent: a retry the breaker stops ends with what its last attempt got.
+                if (refused is ErrorCode.CIRCUIT_OPEN) and (last is not None):
+                    return self._final(task, last, attempt, started)
+                return _error(task, refused, attempt, started)
             attempt += 1
             # The attempt is awaited right here, not in a coroutine of its own: at 16,000 requests in
             # flight every object a request holds is promoted to the old GC generation, and each one
             # brings the next full collection nearer.
-            sent = self._clock()
+            sent = time.monotonic()
             outcome: HttpResponse | TaskFailed | None = None
             try:
                 outcome = await self._send(transport, request, user_agent, task.policy.transport, deadline)
             except Exception as exc:
                 outcome = _failure(exc, transport)
+            except BaseException:
+                host.abandon(sent)
+                raise
             finally:
                 status = outcome.status_code if isinstance(outcome, HttpResponse) else None
-                _duration_histogram(request.method, status).observe(self._clock() - sent)
+                _duration_histogram(request.method, status).observe(time.monotonic() - sent)
+            host.leave(outcome, sent, honor_retry_after=policy.honor_retry_after)
             if outcome is None:
                 return _error(task, ErrorCode.TIMEOUT, attempt, started)
+            last = outcome
             verdict = outcome.status_code if isinstance(outcome, HttpResponse) else outcome
             if should_retry(attempt, verdict, policy):
                 retry_after = None
                 if isinstance(outcome, HttpResponse):
                     retry_after = parse_retry_after(outcome.header("retry-after"))
                 delay = backoff_delay(attempt, policy, retry_after=retry_after)
-                if self._clock() + delay < deadline:
+                if time.monotonic() + delay < deadline:
                     HTTP_RETRIES.inc()
                     await asyncio.sleep(delay)
                     continue
             return self._final(task, outcome, attempt, started)
 
     def _final(self, task: Task, outcome: HttpResponse | TaskFailed, attempts: int, started: float) -> TaskResult:
-        elapsed = self._clock() - started
+        elapsed = time.monotonic() - started
         if isinstance(outcome, TaskFailed):
             return _error(task, outcome.code, attempts, started)
         if attempts > 1 and should_retry(0, outcome.status_code, task.policy.retry):
             return _error(task, ErrorCode.RETRIES_EXHAUSTED, attempts, started, outcome.status_code)
-        return TaskResult(task_id=task.id, response=outcome, attempts=attempts, elapsed=elapsed)
+        return TaskResult(task.id, outcome, None, attempts, elapsed, task.labels)
 
     def _send(
         self,
@@ -191,7 +198,7 @@ class Engine:
                 request,
                 user_agent=user_agent,
                 max_body_bytes=self._max_response_bytes,
-                timeout=deadline - self._clock(),
+                timeout=deadline - time.monotonic(),
             )
         return self._send_timed(transport, request, user_agent, limit, deadline)
 
@@ -204,20 +211,20 @@ class Engine:
         deadline: float,
     ) -> HttpResponse:
         """``transport.send`` under an asyncio timer, which also covers the wait for a host slot."""
-        async with asyncio.timeout(deadline - self._clock()):
+        async with asyncio.timeout(deadline - time.monotonic()):
             if limit is None:
                 return await transport.send(
                     request,
                     user_agent=user_agent,
                     max_body_bytes=self._max_response_bytes,
-                    timeout=deadline - self._clock(),
+                    timeout=deadline - time.monotonic(),
                 )
             async with limit:
                 return await transport.send(
                     request,
                     user_agent=user_agent,
                     max_body_bytes=self._max_response_bytes,
-                    timeout=deadline - self._clock(),
+                    timeout=deadline - time.monotonic(),
                 )
 
     def _transport_for(self, policy: TransportPolicy) -> Transport:

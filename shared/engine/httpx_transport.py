@@ -104,9 +104,9 @@ class HttpxTransport(Transport):
             finally:
                 await response.aclose()
         return HttpResponse(
-            status_code=response.status_code,
-            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw],
-            body=bytes(body),
+            response.status_code,
+            tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw),
+            bytes(body),
         )
 
     async def aclose(self) -> None:

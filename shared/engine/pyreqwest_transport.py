@@ -64,16 +64,8 @@ def _engine_error(exc: Exception) -> TaskFailed:
     return InternalError("unexpected transport failure")
 
 
-async def _read_body(response: Response, max_body_bytes: int) -> bytes:
-    """The whole body, refused as soon as it is known to pass ``max_body_bytes``."""
-    length = response.get_header("content-length")
-    if (length is not None) and length.isdigit():
-        if int(length) > max_body_bytes:
-            raise ResponseTooLarge(f"content-length {length} over {max_body_bytes} bytes")
-        # hyper never reads past a declared Content-Length, so one read of the rest stays within
-        # the cap, and costs one call into pyreqwest instead of one per chunk plus one for the end.
-        return bytes(await response.bytes())
-    # No length up front (chunked or close-delimited): count while reading.
+async def _read_counted(response: Response, max_body_bytes: int) -> bytes:
+    """A body with no length up front (chunked or close-delimited), refused once it passes ``max_body_bytes``."""
     body = bytearray()
     reader = response.body_reader
     while (chunk := await reader.read_chunk()) is not None:
@@ -99,6 +91,7 @@ def _client(policy: TransportPolicy, tls: TlsConfig) -> Client:
     if policy.max_connections is not None:
         builder.max_connections(policy.max_connections)
     if policy.max_connections_per_host is not None:
+        # reqwest's only per-host pool setting caps the idle connections kept, not those open.
         builder.pool_max_idle_per_host(policy.max_connections_per_host)
     if policy.tls_handshake_timeout is not None:
         builder.connect_timeout(timedelta(seconds=policy.tls_handshake_timeout))
@@ -134,8 +127,17 @@ class PyreqwestTransport(Transport):
         streamed = self._build(request, user_agent, timeout)
         try:
             async with streamed as response:
-                body = await _read_body(response, max_body_bytes)
-                return HttpResponse(status_code=response.status, headers=list(response.headers.items()), body=body)
+                length = response.get_header("content-length")
+                if (length is not None) and length.isdigit():
+                    if int(length) > max_body_bytes:
+                        raise ResponseTooLarge(f"content-length {length} over {max_body_bytes} bytes")
+                    # hyper never reads past a declared Content-Length, so one read of the rest stays within the
+                    # cap, and costs one call into pyreqwest instead of one per chunk plus one for the end. It is
+                    # read right here: a coroutine of its own per request would be one more object for the GC.
+                    body = bytes(await response.bytes())
+                else:
+                    body = await _read_counted(response, max_body_bytes)
+                return HttpResponse(response.status, tuple(response.headers.items()), body)
         except TaskFailed:
             raise
         except Exception as exc:

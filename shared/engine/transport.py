@@ -26,8 +26,11 @@ __all__ = ["MockTransport", "TlsConfig", "Transport", "TransportFactory", "chain
 class TlsConfig:
     """Trust and identity for HTTPS targets.
 
-    ``ca_bundle`` replaces the system trust store. ``client_cert`` and ``client_key`` enable
-    mTLS. ``insecure`` turns verification off; it is never a fallback, only an explicit choice.
+    ``ca_bundle`` is trusted in addition to the system trust store, on both transports: pyreqwest
+    adds it to the platform verifier's roots, httpx to the context of ``ssl_context``, which loads
+    the system's (OpenSSL's default paths, ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` included).
+    ``client_cert`` and ``client_key`` enable mTLS. ``insecure`` turns verification off; it is
+    never a fallback, only an explicit choice.
     """
 
     ca_bundle: str | None = None
@@ -41,7 +44,6 @@ class TlsConfig:
 
     def ssl_context(self) -> ssl.SSLContext:
         """An ``ssl.SSLContext`` that applies this configuration."""
-        # The bundle is trusted in addition to the system store, as every transport does.
         context = ssl.create_default_context()
         if self.ca_bundle is not None:
             context.load_verify_locations(cafile=self.ca_bundle)

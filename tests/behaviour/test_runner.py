@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
 
@@ -13,17 +12,11 @@ from producer import BatchState, ErrorCode, HttpRequest, Task, TaskRunner, Usage
 from tests.behaviour.conftest import RunnerFactory
 from tests.http_target import HttpTarget
 from tests.remote_pools import RemotePools
+from tests.waiting import eventually
 
 
 def template(url: str, **fields: object) -> Task:
     return Task.model_validate({"service_name": "behaviour", "request": {"url": url}, **fields})
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll the target's counters, which live in another process, until ``predicate`` holds."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 async def test_ten_thousand_tasks_give_ten_thousand_distinct_results(
@@ -57,13 +50,14 @@ async def test_cancel_stops_in_flight_and_queued_tasks(make_runner: RunnerFactor
     async with make_runner(max_inflight=4) as runner:
         tasks = runner.create_task_list(template(f"{target.http}/sleep?s=20&key={k}", timeout=30), 12)
         batch = await runner.launch(tasks)
-        await wait_until(lambda: target.hits(k) == 4)
+        await eventually(lambda: target.hits(k) == 4, 10, "four tasks at the target")
 
         await runner.cancel(batch)
 
         assert not runner.check(batch)
         results = await batch.wait()
-        await asyncio.sleep(0.3)
+        # In-flight slots go first come, first served: a queued task sent after all would go before the next batch's.
+        await (await runner.launch(runner.create_task_list(template(f"{target.http}/ok"), 4))).wait()
         hits_after_cancel = target.hits(k)
 
     assert len(results) == 12
@@ -77,7 +71,7 @@ async def test_close_with_tasks_in_flight_frees_the_batch(make_runner: RunnerFac
     k = uuid.uuid4().hex
     async with make_runner(max_inflight=2) as runner:
         batch = await runner.launch(runner.create_task_list(template(f"{target.http}/sleep?s=20&key={k}"), 5))
-        await wait_until(lambda: target.hits(k) == 2)
+        await eventually(lambda: target.hits(k) == 2, 10, "two tasks at the target")
 
         await runner.close(batch)
 
@@ -90,7 +84,7 @@ async def test_close_with_tasks_in_flight_frees_the_batch(make_runner: RunnerFac
         # The runner itself goes on working.
         after = await (await runner.launch([template(f"{target.http}/ok")])).wait()
         assert after[0].ok
-        await asyncio.sleep(0.3)
+        # In-flight slots go first come, first served: a task of the closed batch sent after all went before that one.
         assert target.hits(k) == 2
 
 
@@ -175,8 +169,8 @@ def test_create_task_list_makes_deep_copies_with_fresh_ids() -> None:
     assert source.request.headers == [("A", "1")]
     assert all(t.request.body == b"payload" for t in tasks)
     assert tasks[0].request is not tasks[1].request
-    # The policy is frozen, so the copies may share it.
-    assert all(t.policy == source.policy for t in tasks)
+    # The policy is frozen, so the copies share it: one object, not one per task.
+    assert all(t.policy is source.policy for t in tasks)
 
 
 def test_create_task_list_rejects_a_negative_count_and_a_non_task() -> None:

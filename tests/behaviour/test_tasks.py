@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from producer import ErrorCode, HttpRequest, Task, TaskResult, TlsConfig, UsageError
-from producer.embedded_broker import free_port
+from producer.dev.embedded_broker import free_port
 from tests.behaviour.conftest import RunnerFactory
 from tests.conftest import Certs
 from tests.http_target import HttpTarget
@@ -167,8 +167,11 @@ async def test_retry_after_beyond_the_deadline_ends_without_waiting(
     make_runner: RunnerFactory, target: HttpTarget
 ) -> None:
     k = key()
+    # A Retry-After holds the whole host it names: localhost is this target under a name of its own,
+    # so the 30 s hold keeps no other test waiting.
+    url = target.http.replace("127.0.0.1", "localhost")
 
-    result = await run_one(make_runner, task(f"{target.http}/retry-after?key={k}&after=30&times=5", timeout=2))
+    result = await run_one(make_runner, task(f"{url}/retry-after?key={k}&after=30&times=5", timeout=2))
 
     assert result.response is not None
     assert result.response.status_code == 429
@@ -344,3 +347,21 @@ def _tls(
     return TlsConfig(
         ca_bundle=text(ca_bundle), client_cert=text(client_cert), client_key=text(client_key), insecure=insecure
     )
+
+
+async def test_a_result_carries_its_tasks_labels_back(make_runner: RunnerFactory, target: HttpTarget) -> None:
+    labelled = task(f"{target.http}/cookies")
+    labelled.labels = {"line": "7", "rack": "x1000c0", "note": "ünïcødé ✓"}
+    refused = task(f"http://127.0.0.1:{free_port()}/", retries=0)
+    refused.labels = {"line": "8"}
+    plain = task(f"{target.http}/cookies")
+
+    async with make_runner() as runner:
+        batch = await runner.launch([labelled, refused, plain])
+        results = {r.task_id: r for r in await batch.wait()}
+
+    assert results[labelled.id].ok
+    assert results[labelled.id].labels == {"line": "7", "rack": "x1000c0", "note": "ünïcødé ✓"}
+    assert results[refused.id].error is not None
+    assert results[refused.id].labels == {"line": "8"}
+    assert results[plain.id].labels == {}

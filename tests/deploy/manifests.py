@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 from pydantic import AliasChoices
 
-from shared.settings import EngineSettings, KafkaSettings, WorkerSettings
+from consumer.settings import EngineSettings, WorkerSettings
+from shared.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 
@@ -73,3 +74,17 @@ def test_the_build_context_holds_only_what_the_image_copies() -> None:
     assert "*" in ignore
     assert kept == {name for sources in copied for name in sources.split()}
     assert all((ROOT / name).exists() for name in kept)
+
+
+def test_the_image_leaves_out_the_dev_tools_and_trs_still_loads_without_them() -> None:
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    # Only an import at a module's top level runs whenever `trs` starts; `trs dev` imports its tools itself.
+    top_level = [
+        f"{path.relative_to(ROOT)}: {node.module}"
+        for path in sorted((ROOT / "producer").glob("*.py"))
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("producer.dev")
+    ]
+
+    assert "producer/dev/" in ignore
+    assert top_level == []

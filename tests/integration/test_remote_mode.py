@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Producer
 
 from producer import BrokerUnavailable, ErrorCode, HttpRequest, Task, TaskRunner, TopicMissing
-from producer.embedded_broker import free_port
+from producer.dev.embedded_broker import free_port
 from producer.remote import PartitionKey
 from producer.topics import TopicAdmin, TopicSpec
 from shared.models import ResultEnvelope, TaskError, TaskResult
@@ -21,7 +21,7 @@ from tests.http_target import HttpTarget
 from tests.integration.conftest import new_service
 from tests.kafka_io import read
 from tests.remote_pools import RemotePools
-from tests.waiting import wait_until
+from tests.waiting import eventually, wait_until
 from tests.worker_process import running_workers
 
 pytestmark = pytest.mark.integration
@@ -55,11 +55,11 @@ async def test_two_clients_at_once_each_get_only_their_own_results(
 async def test_a_result_delivered_twice_is_yielded_once(remote_pools: RemotePools, target: HttpTarget) -> None:
     service = remote_pools.service(())
     async with TaskRunner(mode="remote", service_name=service, bootstrap_servers=remote_pools.bootstrap) as runner:
-        # ``slow`` keeps the batch open until every copy of ``twice``'s result has been read.
-        twice, slow = task(f"{target.http}/sleep?s=1"), task(f"{target.http}/sleep?s=3")
-        batch = await runner.launch([twice, slow])
+        # ``open`` keeps the batch open until every copy of ``twice``'s result has been read.
+        twice, open_ = task(f"{target.http}/sleep?s=2"), task(f"{target.http}/sleep?s=60")
+        batch = await runner.launch([twice, open_])
         # Two copies of a result, as a worker restarted after producing it would send,
-        # before the worker's own result for the same task.
+        # before the worker's own result for the same task, which the target holds back for 2 s.
         copy = TaskResult(task_id=twice.id, error=TaskError.of(ErrorCode.TIMEOUT))
         value, headers = encode_result(ResultEnvelope(batch_id=batch.id, result=copy))
         producer = Producer({"bootstrap.servers": remote_pools.bootstrap})
@@ -67,12 +67,14 @@ async def test_a_result_delivered_twice_is_yielded_once(remote_pools: RemotePool
             producer.produce(reply_topic(service, batch.id), value=value, headers=headers)
         assert producer.flush(10) == 0
 
-        results = [result async for result in batch]
+        first = await asyncio.wait_for(anext(aiter(batch)), 15)
+        # The second copy, then the worker's own result for the task.
+        await eventually(lambda: batch.duplicates == 2, 15, "both duplicates")
+        pending = batch.pending
         await runner.close(batch)
 
-    assert [r.task_id for r in results] == [twice.id, slow.id]
-    assert results[0] == copy
-    # The second copy and the worker's own result for the task were both dropped.
+    assert first == copy
+    assert pending == {open_.id}
     assert batch.duplicates == 2
 
 

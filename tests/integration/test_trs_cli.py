@@ -8,14 +8,13 @@ import pty
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import IO
 
 import pytest
 
 from producer import run
-from producer.embedded_broker import free_port
+from producer.dev.embedded_broker import free_port
 from producer.topics import TopicAdmin
 from shared.models import HttpRequest, Task, TaskResult
 from shared.wire import request_topic
@@ -57,7 +56,7 @@ def test_run_writes_one_result_line_per_task_and_a_summary(
         pools: RemotePools = request.getfixturevalue("remote_pools")
         service, extra = pools.service(()), ["--bootstrap-servers", pools.bootstrap]
     tasks = [Task(service_name=service, request=HttpRequest(url=f"{target.http}/ok")) for _ in range(8)] + [
-        Task(service_name=service, request=HttpRequest(url=f"{target.http}/status/404"))
+        Task(service_name=service, request=HttpRequest(url=f"{target.http}/status/404"), labels={"row": "404"})
     ]
     source = write_tasks(tmp_path / "tasks.jsonl", tasks)
     output = tmp_path / "results.jsonl"
@@ -65,10 +64,11 @@ def test_run_writes_one_result_line_per_task_and_a_summary(
     completed = trs("run", str(source), "--mode", mode, "--output", str(output), *extra)
 
     assert completed.returncode == 0, completed.stderr
-    results = [TaskResult.model_validate_json(line) for line in output.read_text().splitlines()]
+    results = [TaskResult.from_json(line) for line in output.read_text().splitlines()]
     assert {r.task_id for r in results} == {t.id for t in tasks}
     line = json.loads(output.read_text().splitlines()[0])
-    assert set(line) == {"task_id", "response", "error", "attempts", "elapsed"}
+    assert set(line) == {"task_id", "response", "error", "attempts", "elapsed", "labels"}
+    assert {r.task_id: r.labels for r in results}[tasks[-1].id] == {"row": "404"}
     assert set(line["response"]) == {"status_code", "headers", "body"}
     table = " ".join(completed.stdout.split())
     assert "9 tasks in" in table
@@ -153,13 +153,17 @@ def test_make_run_demo_runs_a_remote_batch_and_stops_everything(tmp_path: Path) 
 
 def test_ctrl_c_during_the_demo_stops_everything(tmp_path: Path) -> None:
     demo = start_trs("dev", "demo", "--tasks", "1000000", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    started = read_until(demo.stderr, "broker at", "the demo")
-    time.sleep(1.0)
+    try:
+        # Printed once the broker, the workers and the fleet are up: all that Ctrl-C must stop.
+        started = read_until(demo.stderr, "broker at", "the demo")
 
-    demo.send_signal(signal.SIGINT)
-    code = demo.wait(90)
-    assert demo.stderr is not None
-    rest = demo.stderr.read()
+        demo.send_signal(signal.SIGINT)
+        code = demo.wait(90)
+        assert demo.stderr is not None
+        rest = demo.stderr.read()
+    finally:
+        # A demo that ignored Ctrl-C must not run on after the test: its children follow it.
+        demo.kill()
 
     assert code == 130
     assert "stopped; everything it started was shut down" in rest

@@ -55,7 +55,10 @@ def test_out_of_order_completion_never_commits_past_an_unfinished_task(
     with running_workers(kafka_bootstrap, tmp_path, group_id=group_id, topics=[service.request_topic]):
         fast_results = read_results(kafka_bootstrap, batch.reply_topic, 60)
         samples = []
+        # Sampled while the slow tasks run; they sleep 4 s, so 30 s means they never ended.
+        deadline = time.monotonic() + 30
         while target.sleeping(key) == 3:
+            assert time.monotonic() < deadline, "the slow tasks never ended"
             samples.append(committed(kafka_bootstrap, group_id, service.request_topic, 1)[0])
             time.sleep(0.1)
         results = read_results(kafka_bootstrap, batch.reply_topic, 63)
@@ -86,7 +89,10 @@ def test_backpressure_holds_tasks_in_flight_at_the_limit_and_the_worker_stays_in
         kafka_bootstrap, tmp_path, group_id=group(), topics=[service.request_topic], max_inflight=10
     ) as (worker,):
         inflight, paused, ready = [], [], []
+        # Sampled until every task has run at the target, which takes 8 s.
+        deadline = time.monotonic() + 60
         while target.hits(key) < 40 or target.sleeping(key) > 0:
+            assert time.monotonic() < deadline, f"{target.hits(key)} of 40 tasks reached the target"
             metrics = worker.metrics()
             inflight.append(metrics["trs_worker_tasks_inflight"])
             paused.append(metrics["trs_worker_partitions_paused"])

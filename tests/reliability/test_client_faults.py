@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from producer import HttpRequest, Task, TaskRunner
-from producer.embedded_broker import EmbeddedBroker
+from producer.dev.embedded_broker import EmbeddedBroker
 from producer.shared_producer import close_shared_producers
 from producer.topics import EXPIRY_ROUNDING, TopicAdmin
 from shared.wire import batch_times, request_topic

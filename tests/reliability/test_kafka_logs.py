@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from producer.embedded_broker import EmbeddedBroker
+from producer.dev.embedded_broker import EmbeddedBroker
 from producer.topics import TopicAdmin
 from shared.kafka_logging import LIBRDKAFKA_LOGGER, message_shape
 from shared.models import HttpRequest, Task

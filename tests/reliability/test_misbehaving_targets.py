@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from producer import ClientPolicy, HttpRequest, Task, TaskResult, TaskRunner, TransportPolicy
+from producer import ClientPolicy, HostPolicy, HttpRequest, Task, TaskResult, TaskRunner, TransportPolicy
 from producer.topics import TopicAdmin
 from tests.faulty_targets import FaultyTargets, faulty_targets
 from tests.integration.conftest import Service, new_service
@@ -45,6 +45,9 @@ RESULT_GRACE = 5.0
 REMOTE_BATCHES = 3
 RSS_GROWTH = 0.30
 MODES = ["local", "remote"]
+#: Every task here meets the same misbehaving host and must show its own retries to the end; the
+#: breaker would end the rest ``circuit_open`` after five failures (tests/behaviour/test_fleet.py).
+NO_BREAKER = HostPolicy(breaker=None)
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ def _task(service: str, faults: FaultyTargets, route: str, *, timeout: float, **
         service_name=service,
         request=HttpRequest(url=f"{faults.url}/{route}{separator}key={task_id}"),
         timeout=timeout,
-        policy=ClientPolicy(**policy),
+        policy=ClientPolicy(**{"host": NO_BREAKER, **policy}),
     )
     return str(task_id), task
 

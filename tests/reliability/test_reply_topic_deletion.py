@@ -20,7 +20,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,7 +30,7 @@ from confluent_kafka import Producer
 from kafka.admin import KafkaAdminClient
 
 from producer import BrokerUnavailable, HttpRequest, Task, TaskRunner
-from producer.embedded_broker import EmbeddedBroker
+from producer.dev.embedded_broker import EmbeddedBroker
 from producer.shared_producer import close_shared_producers
 from producer.topics import TopicAdmin, TopicSpec
 from shared.wire import CONTROL_KIND_RELEASE, CONTROL_TOPIC, HEADER_KIND, new_batch_id, reply_topic, request_topic
@@ -38,7 +38,7 @@ from tests.http_target import HttpTarget
 from tests.reliability.remote_client import RemoteClient
 from tests.reliability.worker_logs import loud_lines
 from tests.trs_cli import trs
-from tests.waiting import wait_until
+from tests.waiting import eventually, wait_until
 from tests.worker_process import ROOT, WorkerProcess, running_workers
 
 pytestmark = pytest.mark.integration
@@ -92,14 +92,6 @@ async def runner(cluster: Cluster) -> AsyncIterator[TaskRunner]:
 
 def task(cluster: Cluster, url: str, timeout: float = LIVE_TIMEOUT) -> Task:
     return Task(service_name=cluster.service, request=HttpRequest(url=url), timeout=timeout)
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def delete_as_a_foreign_tool(bootstrap: str, topics: list[str]) -> None:

@@ -30,7 +30,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from prometheus_client import generate_latest
 
 from producer import ErrorCode, HttpRequest, Task, TaskResult, TaskRunner, TlsConfig, TrsError
-from producer.embedded_broker import free_port
+from producer.dev.embedded_broker import free_port
 from producer.task_file import parse_tasks
 from producer.topics import TopicAdmin
 from shared.settings import KafkaSettings

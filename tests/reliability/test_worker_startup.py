@@ -25,9 +25,10 @@ from consumer.fetcher import Fetcher, FetcherConfig
 from consumer.flow import Backlog
 from consumer.kafka_config import consumer_config, control_config
 from consumer.offsets import OffsetTracker
-from producer.embedded_broker import EmbeddedBroker, free_port
+from consumer.settings import WorkerSettings
+from producer.dev.embedded_broker import EmbeddedBroker, free_port
 from producer.topics import DLQ_PARTITIONS, TopicAdmin, TopicSpec
-from shared.settings import KafkaSettings, WorkerSettings
+from shared.settings import KafkaSettings
 from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, request_topic
 from tests.http_target import HttpTarget
 from tests.kafka_io import new_test_batch, produce, read_results
@@ -244,6 +245,7 @@ def test_the_fetcher_waits_for_the_control_topic_and_reads_it_once_it_exists() -
     with EmbeddedBroker() as broker:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
         worker = WorkerSettings(topics=[request_topic("startup-control")], session_timeout_ms=6000)
+        failures: list[BaseException] = []
         fetcher = Fetcher(
             consumer_config=consumer_config(kafka, worker),
             control_config=control_config(kafka, worker),
@@ -254,7 +256,7 @@ def test_the_fetcher_waits_for_the_control_topic_and_reads_it_once_it_exists() -
             backlog=Backlog(10),
             on_records=lambda records: None,
             on_cancel=lambda order: None,
-            on_failure=lambda exc: None,
+            on_failure=failures.append,
             on_ownership=lambda: None,
         )
         fetcher.start()
@@ -265,9 +267,8 @@ def test_the_fetcher_waits_for_the_control_topic_and_reads_it_once_it_exists() -
             admin.init()
             admin.close()
             wait_until(lambda: fetcher.control_problem is None, 10, "the fetcher to read trs-control")
-            alive = fetcher.alive
         finally:
             fetcher.close(10)
 
     assert missing == f"topic {CONTROL_TOPIC} missing: create it with 'trs topics init'"
-    assert alive
+    assert failures == []

@@ -10,8 +10,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from consumer.settings import WorkerSettings
 from consumer.worker import FLUSH_TIMEOUT
-from shared.settings import WorkerSettings
 from tests.deploy.manifests import worker_variables
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -280,3 +280,16 @@ def test_a_dead_letter_always_fits_the_message_limit(
     )
 
     assert _size(dead.value, dead.key, dead.headers) <= limit
+
+
+@pytest.mark.parametrize("reply_topic", [".", "..", "a" * 250, "has space", "", 7])
+def test_a_bad_messages_reply_topic_is_salvaged_only_when_the_envelope_would_accept_it(reply_topic: object) -> None:
+    raw = json.loads(encode_task(_envelope())[0])
+    raw["reply_topic"] = reply_topic
+
+    with pytest.raises(InvalidEnvelope) as info:
+        decode_task(json.dumps(raw).encode(), [(HEADER_SCHEMA, b"1")])
+
+    assert info.value.reason.startswith("reply_topic: ")
+    assert info.value.reply_topic is None
+    assert info.value.task_id == raw["task"]["id"]

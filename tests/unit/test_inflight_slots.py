@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from producer.local import InflightSlots
+
+T = TypeVar("T")
+#: Seconds any one wait may take: a slot that is never handed over fails the test here, not at the suite's timeout.
+WAIT = 5.0
+
+
+async def within(awaitable: Awaitable[T]) -> T:
+    async with asyncio.timeout(WAIT):
+        return await awaitable
 
 
 async def test_slots_are_handed_to_waiters_in_arrival_order() -> None:
@@ -21,11 +32,11 @@ async def test_slots_are_handed_to_waiters_in_arrival_order() -> None:
     assert slots.wanted
 
     slots.release()
-    await first
+    await within(first)
     assert order == ["first"]
     assert slots.wanted
     slots.release()
-    await second
+    await within(second)
     assert order == ["first", "second"]
     assert not slots.wanted
 
@@ -41,7 +52,7 @@ async def test_a_cancelled_waiter_leaves_the_line_and_takes_no_slot() -> None:
 
     assert not slots.wanted
     slots.release()
-    await slots.acquire()
+    await within(slots.acquire())
 
 
 async def test_a_slot_handed_to_a_waiter_cancelled_in_the_meantime_goes_to_the_next() -> None:
@@ -55,5 +66,5 @@ async def test_a_slot_handed_to_a_waiter_cancelled_in_the_meantime_goes_to_the_n
     doomed.cancel()  # ...which is cancelled before it can run
     await asyncio.gather(doomed, return_exceptions=True)
 
-    await heir
+    await within(heir)
     assert doomed.cancelled()

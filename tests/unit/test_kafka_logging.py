@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Producer
 
 from consumer.kafka_config import consumer_config, control_config, producer_config
 from consumer.logs import configure_logging
+from consumer.settings import WorkerSettings
 from producer.remote import reply_consumer_config
 from shared.kafka_logging import (
     FOLD_INTERVAL,
@@ -28,7 +29,7 @@ from shared.kafka_logging import (
     message_shape,
     with_kafka_logging,
 )
-from shared.settings import KafkaSettings, WorkerSettings
+from shared.settings import KafkaSettings
 from tests.waiting import wait_until
 
 REFUSED = (

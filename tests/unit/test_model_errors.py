@@ -137,9 +137,9 @@ def test_a_result_has_exactly_one_outcome() -> None:
     from shared.errors import ErrorCode
     from shared.models import HttpResponse
 
-    with pytest.raises(ValidationError, match="exactly one of response or error"):
+    with pytest.raises(ValueError, match="exactly one of response or error"):
         TaskResult(task_id=uuid.uuid4())
-    with pytest.raises(ValidationError, match="exactly one of response or error"):
+    with pytest.raises(ValueError, match="exactly one of response or error"):
         TaskResult(
             task_id=uuid.uuid4(),
             response=HttpResponse(status_code=200),

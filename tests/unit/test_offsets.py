@@ -131,3 +131,15 @@ def test_revoke_returns_what_is_safe_to_commit() -> None:
 
     assert tracker.revoke([TP]) == [Commit(TP[0], TP[1], 1, epoch)]
     assert tracker.assigned() == []
+
+
+def test_a_consumed_batch_is_tracked_in_order_with_each_offset_s_epoch() -> None:
+    tracker = OffsetTracker()
+    tracker.assign([("t", 0), ("t", 1)])
+    epochs = tracker.track_batch([(("t", 0), 5), (("t", 1), 7), (("gone", 0), 1), (("t", 0), 6)])
+
+    assert epochs[2] is None
+    assert epochs[0] == epochs[3] != epochs[1]
+    assert (epochs[0] is not None) and (epochs[1] is not None)
+    assert tracker.mark_done(("t", 0), 5, epochs[0])
+    assert sorted((c.partition, c.offset) for c in tracker.commits_due()) == [(0, 6), (1, 7)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -71,6 +72,24 @@ async def test_what_is_remembered_expires_with_its_ttl() -> None:
     assert topics.known("gone") is None
     assert await topics.exists("gone") is False
     assert metadata.lookups == 3
+
+
+async def test_a_topic_seen_to_exist_is_looked_up_again_past_half_its_ttl_while_results_go_on() -> None:
+    clock = Clock()
+    topics, metadata = _topics(clock)
+    metadata.existing.add("busy")
+    assert await topics.exists("busy")
+    clock.now += EXISTS_TTL / 2
+
+    # Still trusted, so a result produced now does not wait; the lookup runs meanwhile.
+    assert topics.known("busy") is True
+    async with asyncio.timeout(5):
+        while metadata.lookups < 2 or topics.refreshing("busy"):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    clock.now += EXISTS_TTL * 0.9
+    assert topics.known("busy") is True
+    clock.now += EXISTS_TTL * 0.2
+    assert topics.known("busy") is None
 
 
 async def test_the_cap_holds_however_fast_topics_come(monkeypatch: pytest.MonkeyPatch) -> None:

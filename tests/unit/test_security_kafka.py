@@ -20,11 +20,12 @@ from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
 from consumer.kafka_config import consumer_config, control_config, producer_config
+from consumer.settings import WorkerSettings
 from consumer.worker import WorkerConfig
-from producer.embedded_broker import free_port
+from producer.dev.embedded_broker import free_port
 from producer.remote import reply_consumer_config, request_producer_config
 from producer.topics import TopicAdmin
-from shared.settings import KafkaSettings, WorkerSettings
+from shared.settings import KafkaSettings
 
 SASL_PASSWORD = "sasl-pw-canary-5b1f"
 KEY_PASSWORD = "key-pw-canary-93c2"

@@ -117,7 +117,7 @@ def test_reprs_of_requests_tasks_envelopes_and_results_hold_no_credential() -> N
     envelope = TaskEnvelope(
         batch_id="b", reply_topic="t", deadline=datetime.now(UTC) + timedelta(seconds=30), task=task
     )
-    response = HttpResponse(status_code=200, headers=[("Set-Cookie", f"id={SECRET}-cookie"), ("Server", "x")])
+    response = HttpResponse(status_code=200, headers=(("Set-Cookie", f"id={SECRET}-cookie"), ("Server", "x")))
     result = TaskResult(task_id=uuid.uuid4(), response=response)
 
     for shown in (repr(request), str(request), repr(task), str(task), repr(envelope), repr(response), repr(result)):

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.settings import EngineSettings, KafkaSettings, WorkerSettings
+from consumer.settings import EngineSettings, WorkerSettings
+from shared.settings import KafkaSettings
 
 
 def test_kafka_settings_read_env_and_pass_security_to_librdkafka(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -76,7 +76,7 @@ def test_binary_body_and_repeated_unicode_headers_survive() -> None:
 
 
 def test_a_result_at_the_default_body_limit_fits_a_default_kafka_message() -> None:
-    headers = [(f"X-Header-{n}", "v" * 200) for n in range(40)]
+    headers = tuple((f"X-Header-{n}", "v" * 200) for n in range(40))
     response = HttpResponse(status_code=200, headers=headers, body=b"\xff" * DEFAULT_MAX_RESPONSE_BYTES)
     result = TaskResult(task_id=uuid.uuid4(), response=response, attempts=4, elapsed=29.9)
 

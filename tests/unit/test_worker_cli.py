@@ -7,7 +7,8 @@ from click.testing import CliRunner
 
 from consumer.cli import _FLAGS, _envvar, _settings, main
 from consumer.kafka_config import producer_config
-from shared.settings import KafkaSettings, WorkerSettings
+from consumer.settings import WorkerSettings
+from shared.settings import KafkaSettings
 
 
 def test_help_documents_every_flag_with_its_environment_variable() -> None:

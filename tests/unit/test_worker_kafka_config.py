@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from consumer.kafka_config import consumer_config, control_config, producer_config, subscription
-from shared.settings import KafkaSettings, WorkerSettings
+from consumer.settings import WorkerSettings
+from shared.settings import KafkaSettings
 
 KAFKA = KafkaSettings(bootstrap_servers="k:9092")
 

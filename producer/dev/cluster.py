@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from producer.embedded_broker import EmbeddedBroker, free_port, with_parent_death_signal
+from producer.dev.embedded_broker import EmbeddedBroker, free_port, with_parent_death_signal
 from producer.topics import TopicAdmin
 from shared.errors import TrsError
 

@@ -1,0 +1,1 @@
+"""Tools for tests and a laptop, not for production: the embedded broker, a dev cluster and a demo fleet."""
