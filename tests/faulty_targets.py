@@ -43,6 +43,8 @@ from producer.dev.embedded_broker import free_port, with_parent_death_signal
 
 __all__ = ["FaultyTargets", "faulty_targets"]
 
+#: Seconds the child may take to serve: beside parallel pytest processes on a busy machine its imports may take 15.
+STARTUP_TIMEOUT = 60
 #: Longest request head read, in bytes.
 MAX_HEAD = 64 * 1024
 #: The body /reset promises, of which it sends half.
@@ -261,7 +263,7 @@ def faulty_targets(seed: int = 0) -> Iterator[FaultyTargets]:
 
 
 def _wait_until_up(targets: FaultyTargets, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the faulty targets exited with {process.returncode}")
@@ -270,7 +272,7 @@ def _wait_until_up(targets: FaultyTargets, process: subprocess.Popen[bytes]) -> 
             return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError("the faulty targets did not start within 15 s")
+    raise RuntimeError(f"the faulty targets did not start within {STARTUP_TIMEOUT} s")
 
 
 if __name__ == "__main__":

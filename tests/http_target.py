@@ -41,6 +41,9 @@ from aiohttp import web
 
 from producer.dev.embedded_broker import free_port, with_parent_death_signal
 
+#: Seconds the child may take to serve: beside parallel pytest processes on a busy machine its imports may take 15.
+STARTUP_TIMEOUT = 60
+
 
 @dataclass
 class TargetState:
@@ -236,7 +239,7 @@ def http_target(cert_dir: Path) -> Iterator[HttpTarget]:
 
 
 def _wait_until_up(target: HttpTarget, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the HTTP target exited with {process.returncode}")
@@ -245,7 +248,7 @@ def _wait_until_up(target: HttpTarget, process: subprocess.Popen[bytes]) -> None
             return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError("the HTTP target did not start within 15 s")
+    raise RuntimeError(f"the HTTP target did not start within {STARTUP_TIMEOUT} s")
 
 
 async def _serve(cert_dir: Path, ports: list[int]) -> None:

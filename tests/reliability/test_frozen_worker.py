@@ -29,7 +29,7 @@ from tests.integration.conftest import new_service
 from tests.waiting import wait_until
 from tests.worker_process import SESSION_TIMEOUT_MS, WorkerProcess, running_workers
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
 MAX_INFLIGHT = 50
 #: Seconds each task's request takes at the target: none of the first wave ends before the freeze.

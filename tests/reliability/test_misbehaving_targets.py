@@ -29,7 +29,7 @@ from tests.process_memory import RssSampler, rss_bytes
 from tests.waiting import wait_until
 from tests.worker_process import WorkerProcess, running_workers
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
 TASKS = 200
 #: The response body limit of both modes here; the big-body target sends ten times as much.

@@ -26,7 +26,7 @@ from tests.process_memory import RssSampler
 from tests.tools import require_tool
 from tests.worker_process import running_workers
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
 TASKS = 200_000
 BATCHES = 10

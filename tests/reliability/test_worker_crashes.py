@@ -44,7 +44,7 @@ from tests.integration.conftest import Service, new_service
 from tests.waiting import wait_until
 from tests.worker_process import WorkerProcess, running_workers
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
 TASKS = 5000
 WORKERS = 3
