@@ -13,6 +13,9 @@ fetch for a topic deleted under a reader can crash librdkafka 2.5 and later (a b
 hint on the fetch error, as the embedded broker sends, becomes a metadata update with no topic
 name); a reader that let go of the topic 0.05 s before the deletion is safe (measured), and gc
 waits much longer than that.
+
+The reader notes each partition's offsets as it reads them, and reads again any it was shown past
+before their records existed (see ``producer.reply_gaps``: the embedded broker can do that).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from producer.reply_gaps import OffsetGaps
 from shared.errors import InvalidEnvelope
 from shared.models import ResultEnvelope
 from shared.wire import (
@@ -69,6 +73,7 @@ class ReplyReader:
         self._wake = threading.Event()
         #: The reply topics read now, and their partition counts. Only the thread touches it.
         self._held: dict[str, int] = {}
+        self._gaps = OffsetGaps()
         self._following_control = False
         self._warned_control = False
         self._thread = threading.Thread(target=self._main, name="trs-reply-reader", daemon=True)
@@ -87,6 +92,8 @@ class ReplyReader:
         self._consumer.list_topics(topic, timeout=METADATA_TIMEOUT)
         self._consumer.incremental_assign([TopicPartition(topic, p, 0) for p in range(partitions)])
         self._held[topic] = partitions
+        for partition in range(partitions):
+            self._gaps.start(topic, partition, 0)
         if not self._following_control:
             self._follow_control()
 
@@ -97,6 +104,7 @@ class ReplyReader:
     def _unassign(self, topic: str, partitions: int) -> None:
         if self._held.pop(topic, None) is not None:
             self._consumer.incremental_unassign([TopicPartition(topic, p) for p in range(partitions)])
+            self._gaps.forget(topic)
 
     def _command(self, call: Callable[[str, int], None], topic: str, partitions: int) -> Future[None]:
         done: Future[None] = Future()
@@ -134,6 +142,7 @@ class ReplyReader:
     def _main(self) -> None:
         while not self._stop.is_set():
             self._run_commands()
+            self._read_gaps_again()
             if not self._held:
                 # Nothing to read: sleep until a command comes, rather than poll.
                 self._wake.wait(IDLE_WAIT)
@@ -150,6 +159,19 @@ class ReplyReader:
             if results:
                 self._on_results(results)
 
+    def _read_gaps_again(self) -> None:
+        for topic, partition, offset in self._gaps.due():
+            log.debug(
+                "reading %s[%d] again from offset %d, which the broker showed a later record before",
+                topic,
+                partition,
+                offset,
+            )
+            try:
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                log.warning("could not read %s[%d] again from offset %d: %s", topic, partition, offset, exc)
+
     def _follow_control(self) -> None:
         """Read ``trs-control`` from its end, for release notices; tried at each assignment until it works."""
         partitions = self._control_partitions()
@@ -157,6 +179,8 @@ class ReplyReader:
         if ends is not None:
             self._consumer.incremental_assign(ends)
             self._following_control = True
+            for end in ends:
+                self._gaps.start(CONTROL_TOPIC, end.partition, end.offset)
 
     def _control_partitions(self) -> list[int] | None:
         try:
@@ -206,6 +230,7 @@ class ReplyReader:
                 if error.code() not in _QUIET:
                     log.warning("reply topic error: %s", error.str())
                 continue
+            self._gaps.seen(message.topic(), message.partition(), message.offset())
             if message.topic() == CONTROL_TOPIC:
                 self._on_control(message)
                 continue
