@@ -31,7 +31,8 @@ run: $(STAMP)
 
 ## test: lint, types and every suite but the reliability one (integration tests start their own broker)
 test: lint types
-	$(BIN)/pytest --ignore=tests/reliability -n $(JOBS) --dist loadscope
+	$(BIN)/pytest --ignore=tests/reliability -m 'not alone' -n $(JOBS) --dist loadscope
+	$(BIN)/pytest --ignore=tests/reliability -m alone
 
 ## reliability: the fault, hostile-input and soak scenarios, each printing its figures as a RELIABILITY line.
 ## The scenarios marked `alone` measure time or memory: they run afterwards, one at a time, with nothing beside them.
@@ -43,7 +44,7 @@ reliability: $(STAMP)
 ## its broker, target and workers start once
 ci: lint types
 	$(BIN)/pytest -m 'not alone' -n $(JOBS) --dist loadscope
-	$(BIN)/pytest tests/reliability -m alone -s
+	$(BIN)/pytest -m alone -s
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -57,6 +57,8 @@ METADATA_TIMEOUT = 5.0
 BATCH = 1000
 #: Errors a deleted reply topic causes while its last fetches drain; not worth a warning.
 _QUIET = frozenset({KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION})
+#: Errors that mean no broker answered: the runner reports that itself, as its one line.
+_NO_BROKER = frozenset({KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN})
 
 _Command = tuple[Callable[[str, int], None], str, int, Future[None]]
 
@@ -194,7 +196,9 @@ class ReplyReader:
         try:
             metadata = self._consumer.list_topics(CONTROL_TOPIC, timeout=METADATA_TIMEOUT)
         except KafkaException as exc:
-            self._warn_once(f"could not look up {CONTROL_TOPIC}: {exc}")
+            # A broker that doesn't answer at all is the runner's one error to report; this is tried again.
+            if exc.args[0].code() not in _NO_BROKER:
+                self._warn_once(f"could not look up {CONTROL_TOPIC}: {exc}")
             return None
         topic = metadata.topics.get(CONTROL_TOPIC)
         if topic is None or topic.error is not None:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from producer.embedded_broker import free_port
 
+from producer.dev.embedded_broker import free_port
 from producer.task_file import ID_NOT_UUID
 from tests.http_target import HttpTarget
 from tests.remote_pools import RemotePools

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from producer.embedded_broker import free_port
 
 from producer import HttpRequest, Task, run
 from producer.cluster_status import read_status
+from producer.dev.embedded_broker import free_port
 from producer.topics import TopicAdmin, TopicSpec
 from shared.wire import new_batch_id, reply_topic
 from tests.http_target import HttpTarget

@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from producer import Batch, HttpRequest, Task, TaskRunner
+from producer import Batch, ClientPolicy, HostPolicy, HttpRequest, Task, TaskRunner
 from producer.topics import TopicAdmin
 from shared.wire import reply_topic
 
@@ -35,6 +35,9 @@ KINDS = ("short", "cut", "gc", "teardown", "left")
 LIVE_TIMEOUT = 30.0
 #: The gc victims: slow tasks that end ``no_result`` at this plus ``GRACE``.
 VICTIM_TIMEOUT = 2.0
+#: Tasks cut by their deadline on purpose count as timeouts: the default breaker would end later tasks
+#: to the same target ``circuit_open``.
+NO_BREAKER = ClientPolicy(host=HostPolicy(breaker=None))
 GRACE = 0.5
 #: How far ahead of the client's clock the gc's runs: past the victims' expiry, short of the others'.
 GC_CLOCK_AHEAD = timedelta(seconds=15)
@@ -54,7 +57,7 @@ class Hunt:
 
     def task(self, path: str, timeout: float = LIVE_TIMEOUT) -> Task:
         url = f"{self.options.target}{path}"
-        return Task(service_name=self.options.service, request=HttpRequest(url=url), timeout=timeout)
+        return Task(service_name=self.options.service, request=HttpRequest(url=url), timeout=timeout, policy=NO_BREAKER)
 
     def runner(self) -> TaskRunner:
         return TaskRunner(
