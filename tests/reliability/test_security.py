@@ -425,8 +425,14 @@ async def test_no_credential_reaches_logs_metrics_dead_letters_or_errors(
 
         # The trs command in both modes, with the same kinds of task, and with a bad task file.
         cli_tasks = [task for task, _ in provoking_tasks(canaries, target, "trs run").values()]
-        tasks_file = write_tasks(tmp_path / "tasks.jsonl", cli_tasks)
         for cli_mode in ("local", "remote"):
+            # One batch runs under one service: in remote mode, the one its worker serves.
+            mode_tasks = (
+                cli_tasks
+                if cli_mode == "local"
+                else [task.model_copy(update={"service_name": service.name}) for task in cli_tasks]
+            )
+            tasks_file = write_tasks(tmp_path / f"{cli_mode}-tasks.jsonl", mode_tasks)
             output = tmp_path / f"{cli_mode}-results.jsonl"
             extra = ["--service", service.name, "--bootstrap-servers", kafka_bootstrap] if cli_mode == "remote" else []
             completed = await asyncio.to_thread(
