@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from producer import ErrorCode, HttpRequest, Task, TaskResult, TlsConfig, UsageError
+from producer import ClientPolicy, ErrorCode, HttpRequest, RetryPolicy, Task, TaskResult, TlsConfig, UsageError
 from producer.dev.embedded_broker import free_port
 from tests.behaviour.conftest import RunnerFactory
 from tests.conftest import Certs
@@ -183,16 +183,19 @@ async def test_retry_after_beyond_the_deadline_ends_without_waiting(
 
 async def test_deadline_cuts_backoff_short(make_runner: RunnerFactory, target: HttpTarget) -> None:
     k = key()
-    one = task(f"{target.http}/status/503?key={k}", timeout=0.6, retries=10, backoff=0.4)
+    one = task(f"{target.http}/status/503?key={k}", timeout=3.0, retries=10).model_copy(
+        update={"policy": ClientPolicy(retry=RetryPolicy(retries=10, backoff_initial=2.0, backoff_max=8.0))}
+    )
 
     result = await run_one(make_runner, one)
 
     assert result.error is not None
     assert result.error.code is ErrorCode.RETRIES_EXHAUSTED
-    # The first wait (0.2-0.4 s) always fits in 0.6 s; the second (0.4-0.8 s) never does.
+    # The first wait (1-2 s) fits in 3 s with a second to spare for the attempts on a busy
+    # machine; the second (2-4 s), after at least 1 s, never does.
     assert result.attempts == 2
     assert target.hits(k) == 2
-    assert result.elapsed < 0.6
+    assert result.elapsed < 3.0
 
 
 async def test_slow_target_times_out_at_the_deadline(make_runner: RunnerFactory, target: HttpTarget) -> None:
