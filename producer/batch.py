@@ -32,7 +32,8 @@ class Batch:
         self.id = batch_id or uuid.uuid4().hex
         self.tasks: list[Task] = [t for t in tasks if not t.ignore]
         self.launched_at = time.monotonic()
-        self._pending: set[uuid.UUID] = {t.id for t in self.tasks}
+        # Keyed by the id's int: hashing a UUID calls UUID.__hash__, a Python function, each time.
+        self._pending: dict[int, Task] = {t.id.int: t for t in self.tasks}
         self._completed: list[TaskResult] = []
         #: Set when a result arrives; the iterators clear it before they wait again.
         self._wakeup = asyncio.Event()
@@ -55,11 +56,11 @@ class Batch:
     @property
     def pending(self) -> frozenset[uuid.UUID]:
         """Ids of the tasks still waiting for a result."""
-        return frozenset(self._pending)
+        return frozenset(t.id for t in self._pending.values())
 
     def is_pending(self, task_id: uuid.UUID) -> bool:
         """Whether task ``task_id`` still waits for its result; unlike ``pending``, copies nothing."""
-        return task_id in self._pending
+        return task_id.int in self._pending
 
     @property
     def results(self) -> list[TaskResult]:
@@ -68,9 +69,7 @@ class Batch:
 
     def deliver(self, result: TaskResult) -> bool:
         """Record ``result``; ``False`` when its task already has one or isn't in the batch."""
-        try:
-            self._pending.remove(result.task_id)
-        except KeyError:
+        if self._pending.pop(result.task_id.int, None) is None:
             self.duplicates += 1
             return False
         self._completed.append(result)
@@ -81,7 +80,7 @@ class Batch:
 
     def fail_pending(self, code: ErrorCode) -> int:
         """End every task still waiting with error ``code``; returns how many."""
-        pending = [t for t in self.tasks if t.id in self._pending]
+        pending = list(self._pending.values())
         now = time.monotonic()
         for task in pending:
             self.deliver(error_result(task, code, elapsed=now - self.launched_at))

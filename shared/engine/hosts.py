@@ -144,6 +144,9 @@ class CircuitBreaker:
 
     def record(self, failed: bool, sent: float, now: float) -> None:
         """The outcome of an attempt sent at ``sent``: ``failed`` when it was a connection error or timeout."""
+        if (self.state is BreakerState.CLOSED) and not failed:
+            self._failures = 0
+            return
         if self.state is BreakerState.HALF_OPEN:
             if (self._probe_sent is None) or (sent < self._probe_sent):
                 return
@@ -154,9 +157,6 @@ class CircuitBreaker:
                 self._close()
             return
         if self.state is BreakerState.OPEN:
-            return
-        if not failed:
-            self._failures = 0
             return
         if (self._failures == 0) or (now - self._first_failure > self.policy.window):
             self._failures, self._first_failure = 0, now
@@ -238,6 +238,21 @@ class Host:
             return False
         return (self.breaker is None) or self.breaker.forgettable(now)
 
+    def enter_at_once(self, now: float) -> bool:
+        """Take a slot at ``now`` if nothing would make the attempt wait or be refused; the common case.
+
+        On ``True`` the caller holds a slot, as after ``enter``; on ``False`` it calls ``enter``.
+        """
+        if (self._bucket is not None) or (self.held_until > now):
+            return False
+        if (self.cap is not None) and ((self.in_use >= self.cap) or self._waiters):
+            return False
+        breaker = self.breaker
+        if (breaker is not None) and (breaker.state is not BreakerState.CLOSED):
+            return False
+        self.in_use += 1
+        return True
+
     async def enter(self, deadline: float, *, sent_before: bool) -> ErrorCode | None:
         """Wait for this host's turn; ``None`` when the attempt may go, else the code the task ends with.
 
@@ -267,10 +282,11 @@ class Host:
             return ErrorCode.CIRCUIT_OPEN
         return None
 
-    def leave(self, outcome: HttpResponse | TaskFailed | None, sent: float, *, honor_retry_after: bool) -> None:
-        """The attempt sent at ``sent`` ended with ``outcome`` (``None``: the deadline cut it)."""
+    def leave(
+        self, outcome: HttpResponse | TaskFailed | None, sent: float, now: float, *, honor_retry_after: bool
+    ) -> None:
+        """The attempt sent at ``sent`` ended at ``now`` with ``outcome`` (``None``: the deadline cut it)."""
         self._release()
-        now = self._clock()
         if isinstance(outcome, HttpResponse):
             if honor_retry_after and (outcome.status_code in _HOST_WIDE_RETRY_AFTER):
                 self._hold(outcome, now)
@@ -341,6 +357,9 @@ class Host:
 
     def _release(self) -> None:
         """Free a slot, handing it straight to the next waiter if there is one."""
+        if not self._waiters:
+            self.in_use -= 1
+            return
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -354,6 +373,9 @@ class HostRegistry:
 
     def __init__(self, *, max_hosts: int = DEFAULT_MAX_HOSTS, clock: Callable[[], float] = time.monotonic) -> None:
         self._hosts: dict[str, Host] = {}
+        #: The entry of each URL origin seen lately (``scheme://authority`` as written), so most
+        #: lookups skip parsing the URL; see ``host``.
+        self._origins: dict[str, Host] = {}
         self._max_hosts = max_hosts
         self._sweep_above = max_hosts
         self._clock = clock
@@ -363,19 +385,36 @@ class HostRegistry:
 
     def host(self, url: str, policy: HostPolicy) -> Host:
         """The entry of ``url``'s host, set to ``policy`` if the host was idle under another one."""
+        # Up to the first "/" past "https://": the origin as written, a cheaper key than host_key's parse.
+        slash = url.find("/", 8)
+        origin = url if slash < 0 else url[:slash]
+        host = self._origins.get(origin)
+        if host is None:
+            host = self._entry(url, origin, policy)
+        if (host.policy is not policy) and (host.policy != policy) and host.idle:
+            host.configure(policy)
+        return host
+
+    def _entry(self, url: str, origin: str, policy: HostPolicy) -> Host:
+        match = _AUTHORITY_RE.match(url)
         key = host_key(url)
         host = self._hosts.get(key)
         if host is None:
             if len(self._hosts) >= self._sweep_above:
                 self._sweep()
             host = self._hosts[key] = Host(key, policy, self._clock)
-        elif (host.policy is not policy) and (host.policy != policy) and host.idle:
-            host.configure(policy)
+        # The origin names the host only when it holds the whole authority: every URL that starts with
+        # it and then "/" (or ends) has the same one.
+        if (match is not None) and (match.end() <= len(origin)):
+            if len(self._origins) >= self._sweep_above:
+                self._origins.clear()
+            self._origins[origin] = host
         return host
 
     def _sweep(self) -> None:
         now = self._clock()
         for key in [k for k, h in self._hosts.items() if h.forgettable(now)]:
             del self._hosts[key]
+        self._origins.clear()
         # Sweep again only once the registry has grown as much again: the cost stays constant per entry.
         self._sweep_above = max(self._max_hosts, 2 * len(self._hosts))
