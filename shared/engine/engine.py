@@ -13,7 +13,6 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable
 
 from shared.engine.allowlist import TargetAllowlist
 from shared.engine.hosts import HostRegistry
@@ -130,7 +129,8 @@ class Engine:
         if (deadline is not None) and started >= deadline:
             return _error(task, ErrorCode.EXPIRED, 0, started)
         own_deadline = started + task.timeout
-        deadline = own_deadline if deadline is None else min(deadline, own_deadline)
+        if (deadline is None) or (own_deadline < deadline):
+            deadline = own_deadline
         request = task.request
         if self._allowlist.enabled:
             try:
@@ -143,7 +143,13 @@ class Engine:
                 return _error(task, ErrorCode.TIMEOUT, 0, started)
         # Most requests set no headers at all, and then no User-Agent either.
         user_agent = _default_user_agent(task) if request.headers else task.service_name
-        transport, host_policy = self._pool(task.policy)
+        # Most tasks carry the very same policy object (the shared default, or one template's), so
+        # try the last one's pool before hashing the policy model, which pydantic does in Python.
+        last_pool = self._last_pool
+        if (last_pool is not None) and (last_pool[0] is task.policy) and (last_pool[1] is self._tls):
+            transport, host_policy = last_pool[2], last_pool[3]
+        else:
+            transport, host_policy = self._pool(task.policy)
         policy = task.policy.retry
         # The host as the task's URL names it, not the address the allowlist may have put in its place.
         host = self._hosts.host(task.request.url, host_policy)
@@ -169,7 +175,16 @@ class Engine:
             # brings the next full collection nearer.
             outcome: HttpResponse | TaskFailed | None = None
             try:
-                outcome = await self._send(transport, request, user_agent, deadline, sent)
+                if transport.enforces_timeout:
+                    # No asyncio timer is armed then: one costs several microseconds per attempt on uvloop.
+                    outcome = await transport.send(
+                        request,
+                        user_agent=user_agent,
+                        max_body_bytes=self._max_response_bytes,
+                        timeout=deadline - sent,
+                    )
+                else:
+                    outcome = await self._send_timed(transport, request, user_agent, deadline)
             except Exception as exc:
                 outcome = _failure(exc, transport)
             except BaseException:
@@ -211,26 +226,10 @@ class Engine:
             return _error(task, ErrorCode.RETRIES_EXHAUSTED, attempts, started, outcome.status_code)
         return TaskResult(task.id, outcome, None, attempts, elapsed, task.labels)
 
-    def _send(
-        self,
-        transport: Transport,
-        request: HttpRequest,
-        user_agent: str | None,
-        deadline: float,
-        now: float,
-    ) -> Awaitable[HttpResponse]:
-        """One attempt: the transport's own ``send`` when it times itself, else one under an asyncio timer."""
-        if transport.enforces_timeout:
-            # No asyncio timer is armed then: one costs several microseconds per attempt on uvloop.
-            return transport.send(
-                request, user_agent=user_agent, max_body_bytes=self._max_response_bytes, timeout=deadline - now
-            )
-        return self._send_timed(transport, request, user_agent, deadline)
-
     async def _send_timed(
         self, transport: Transport, request: HttpRequest, user_agent: str | None, deadline: float
     ) -> HttpResponse:
-        """``transport.send`` under an asyncio timer."""
+        """One attempt of a transport that doesn't time itself: ``transport.send`` under an asyncio timer."""
         async with asyncio.timeout(deadline - time.monotonic()):
             return await transport.send(
                 request,
@@ -241,11 +240,6 @@ class Engine:
 
     def _pool(self, policy: ClientPolicy) -> tuple[Transport, HostPolicy]:
         """The transport for ``policy``'s pool, and the host limits it sets."""
-        # Most tasks carry the very same policy object (the shared default, or one template's), so
-        # try that before hashing the policy model, which pydantic does in a Python-level function.
-        last = self._last_pool
-        if (last is not None) and (last[0] is policy) and (last[1] is self._tls):
-            return last[2], last[3]
         transport = self._transport_for(policy.transport)
         host_policy = _host_policy(policy.host, policy.transport.max_connections_per_host)
         self._last_pool = (policy, self._tls, transport, host_policy)

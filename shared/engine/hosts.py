@@ -286,7 +286,11 @@ class Host:
         self, outcome: HttpResponse | TaskFailed | None, sent: float, now: float, *, honor_retry_after: bool
     ) -> None:
         """The attempt sent at ``sent`` ended at ``now`` with ``outcome`` (``None``: the deadline cut it)."""
-        self._release()
+        # Written out for the common case, no one waiting: this runs once per attempt.
+        if self._waiters:
+            self._release()
+        else:
+            self.in_use -= 1
         if isinstance(outcome, HttpResponse):
             if honor_retry_after and (outcome.status_code in _HOST_WIDE_RETRY_AFTER):
                 self._hold(outcome, now)
@@ -357,9 +361,6 @@ class Host:
 
     def _release(self) -> None:
         """Free a slot, handing it straight to the next waiter if there is one."""
-        if not self._waiters:
-            self.in_use -= 1
-            return
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
