@@ -377,6 +377,8 @@ class HostRegistry:
         #: The entry of each URL origin seen lately (``scheme://authority`` as written), so most
         #: lookups skip parsing the URL; see ``host``.
         self._origins: dict[str, Host] = {}
+        #: The origin of the last lookup with a "/" after it, and its entry.
+        self._last: tuple[str, Host] | None = None
         self._max_hosts = max_hosts
         self._sweep_above = max_hosts
         self._clock = clock
@@ -386,12 +388,20 @@ class HostRegistry:
 
     def host(self, url: str, policy: HostPolicy) -> Host:
         """The entry of ``url``'s host, set to ``policy`` if the host was idle under another one."""
-        # Up to the first "/" past "https://": the origin as written, a cheaper key than host_key's parse.
-        slash = url.find("/", 8)
-        origin = url if slash < 0 else url[:slash]
-        host = self._origins.get(origin)
-        if host is None:
-            host = self._entry(url, origin, policy)
+        last = self._last
+        if (last is not None) and url.startswith(last[0]):
+            # Tasks in a row often target one host: no string is cut or hashed for them.
+            host = last[1]
+        else:
+            # Up to the first "/" past "https://": the origin as written, a cheaper key than host_key's parse.
+            slash = url.find("/", 8)
+            origin = url if slash < 0 else url[:slash]
+            known = self._origins.get(origin)
+            if known is None:
+                host = self._entry(url, origin, policy)
+            else:
+                host = known
+                self._last = (origin + "/", host)
         if (host.policy is not policy) and (host.policy != policy) and host.idle:
             host.configure(policy)
         return host
@@ -410,6 +420,7 @@ class HostRegistry:
             if len(self._origins) >= self._sweep_above:
                 self._origins.clear()
             self._origins[origin] = host
+            self._last = (origin + "/", host)
         return host
 
     def _sweep(self) -> None:
@@ -417,5 +428,6 @@ class HostRegistry:
         for key in [k for k, h in self._hosts.items() if h.forgettable(now)]:
             del self._hosts[key]
         self._origins.clear()
+        self._last = None
         # Sweep again only once the registry has grown as much again: the cost stays constant per entry.
         self._sweep_above = max(self._max_hosts, 2 * len(self._hosts))
