@@ -104,6 +104,11 @@ class BreakerState(Enum):
     HALF_OPEN = "half_open"
 
 
+# Module constants: reading a member off an Enum class goes through a descriptor, a third of a
+# microsecond each time, and the breaker's state is checked on every attempt.
+_CLOSED, _OPEN, _HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
+
+
 class CircuitBreaker:
     """Opens after ``failures`` connection errors or timeouts in a row within ``window`` seconds.
 
@@ -118,7 +123,7 @@ class CircuitBreaker:
     def __init__(self, host: str, policy: BreakerPolicy) -> None:
         self.host = host
         self.policy = policy
-        self.state = BreakerState.CLOSED
+        self.state = _CLOSED
         self._failures = 0
         self._first_failure = 0.0
         self._opened_at = 0.0
@@ -126,9 +131,9 @@ class CircuitBreaker:
 
     def refuses(self, now: float) -> bool:
         """Whether an attempt at ``now`` must end ``circuit_open``, without claiming the probe."""
-        if self.state is BreakerState.CLOSED:
+        if self.state is _CLOSED:
             return False
-        if self.state is BreakerState.OPEN:
+        if self.state is _OPEN:
             return now < self._opened_at + self.policy.cooldown
         return self._probe_sent is not None
 
@@ -136,18 +141,18 @@ class CircuitBreaker:
         """Whether an attempt may be sent at ``now``; the first one after the cool-down becomes the probe."""
         if self.refuses(now):
             return False
-        if self.state is BreakerState.OPEN:
-            self._enter(BreakerState.HALF_OPEN)
-        if self.state is BreakerState.HALF_OPEN:
+        if self.state is _OPEN:
+            self._enter(_HALF_OPEN)
+        if self.state is _HALF_OPEN:
             self._probe_sent = now
         return True
 
     def record(self, failed: bool, sent: float, now: float) -> None:
         """The outcome of an attempt sent at ``sent``: ``failed`` when it was a connection error or timeout."""
-        if (self.state is BreakerState.CLOSED) and not failed:
+        if (self.state is _CLOSED) and not failed:
             self._failures = 0
             return
-        if self.state is BreakerState.HALF_OPEN:
+        if self.state is _HALF_OPEN:
             if (self._probe_sent is None) or (sent < self._probe_sent):
                 return
             self._probe_sent = None
@@ -156,7 +161,7 @@ class CircuitBreaker:
             else:
                 self._close()
             return
-        if self.state is BreakerState.OPEN:
+        if self.state is _OPEN:
             return
         if (self._failures == 0) or (now - self._first_failure > self.policy.window):
             self._failures, self._first_failure = 0, now
@@ -173,24 +178,24 @@ class CircuitBreaker:
 
     def abandon(self, sent: float) -> None:
         """An attempt sent at ``sent`` was cancelled: if it was the probe, the next attempt may probe."""
-        if (self.state is BreakerState.HALF_OPEN) and (self._probe_sent is not None) and (sent >= self._probe_sent):
+        if (self.state is _HALF_OPEN) and (self._probe_sent is not None) and (sent >= self._probe_sent):
             self._probe_sent = None
 
     def forgettable(self, now: float) -> bool:
         """Whether dropping this breaker loses nothing: closed with no failure in the window."""
-        if self.state is not BreakerState.CLOSED:
+        if self.state is not _CLOSED:
             return False
         return (self._failures == 0) or (now - self._first_failure > self.policy.window)
 
     def _open(self, now: float) -> None:
         self._opened_at = now
         self._failures = 0
-        self._enter(BreakerState.OPEN)
+        self._enter(_OPEN)
 
     def _close(self) -> None:
         log.info("circuit breaker for host %s closed: the probe got a response", self.host)
         self._failures = 0
-        self._enter(BreakerState.CLOSED)
+        self._enter(_CLOSED)
 
     def _enter(self, state: BreakerState) -> None:
         self.state = state
@@ -248,7 +253,7 @@ class Host:
         if (self.cap is not None) and ((self.in_use >= self.cap) or self._waiters):
             return False
         breaker = self.breaker
-        if (breaker is not None) and (breaker.state is not BreakerState.CLOSED):
+        if (breaker is not None) and (breaker.state is not _CLOSED):
             return False
         self.in_use += 1
         return True
