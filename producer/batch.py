@@ -32,10 +32,11 @@ class Batch:
         self.id = batch_id or uuid.uuid4().hex
         self.tasks: list[Task] = [t for t in tasks if not t.ignore]
         self.launched_at = time.monotonic()
-        self._pending: set[uuid.UUID] = {t.id for t in self.tasks}
+        # Keyed by the id's int: hashing a UUID calls UUID.__hash__, a Python function, each time.
+        self._pending: dict[int, Task] = {t.id.int: t for t in self.tasks}
         self._completed: list[TaskResult] = []
-        #: Set when a result arrives; the iterators clear it before they wait again.
-        self._wakeup = asyncio.Event()
+        #: The iterators waiting for the next result, each woken once: cheaper per result than an Event.
+        self._waiters: list[asyncio.Future[None]] = []
         #: Set once the last result is in or the batch is closed: all ``wait`` waits for.
         self._settled = asyncio.Event()
         self._closed = False
@@ -55,11 +56,11 @@ class Batch:
     @property
     def pending(self) -> frozenset[uuid.UUID]:
         """Ids of the tasks still waiting for a result."""
-        return frozenset(self._pending)
+        return frozenset(t.id for t in self._pending.values())
 
     def is_pending(self, task_id: uuid.UUID) -> bool:
         """Whether task ``task_id`` still waits for its result; unlike ``pending``, copies nothing."""
-        return task_id in self._pending
+        return task_id.int in self._pending
 
     @property
     def results(self) -> list[TaskResult]:
@@ -68,20 +69,19 @@ class Batch:
 
     def deliver(self, result: TaskResult) -> bool:
         """Record ``result``; ``False`` when its task already has one or isn't in the batch."""
-        try:
-            self._pending.remove(result.task_id)
-        except KeyError:
+        if self._pending.pop(result.task_id.int, None) is None:
             self.duplicates += 1
             return False
         self._completed.append(result)
-        self._wakeup.set()
+        if self._waiters:
+            self._wake()
         if not self._pending:
             self._settled.set()
         return True
 
     def fail_pending(self, code: ErrorCode) -> int:
         """End every task still waiting with error ``code``; returns how many."""
-        pending = [t for t in self.tasks if t.id in self._pending]
+        pending = list(self._pending.values())
         now = time.monotonic()
         for task in pending:
             self.deliver(error_result(task, code, elapsed=now - self.launched_at))
@@ -89,8 +89,15 @@ class Batch:
 
     def close(self) -> None:
         self._closed = True
-        self._wakeup.set()
+        self._wake()
         self._settled.set()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            # An iterator cancelled while it waited left its future behind, cancelled.
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -106,8 +113,9 @@ class Batch:
             if not self._pending:
                 return
             self._check_open()
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
 
     async def wait(self) -> list[TaskResult]:
         """Every result, once all are in, in completion order."""

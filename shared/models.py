@@ -368,10 +368,11 @@ class TransportPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_connections: int | None = Field(default=None, ge=1, le=100_000)
-    #: Not a cap on connections. The engine lets at most this many of the policy's requests to one
-    #: host (host and port) be in flight at once, on every transport. On pyreqwest it is also the
-    #: most idle connections the pool keeps per host (reqwest has no per-host connection cap); httpx
-    #: has no per-host pool setting, so there the engine's limit is all it is.
+    #: Not a cap on connections. The engine counts it as a cap on requests in flight to one host
+    #: (host and port), on every transport, as it does ``HostPolicy.max_concurrent_per_host``: the
+    #: lower of the two applies. On pyreqwest it is also the most idle connections the pool keeps
+    #: per host (reqwest has no per-host connection cap); httpx has no per-host pool setting, so
+    #: there the engine's cap is all it is.
     max_connections_per_host: int | None = Field(default=None, ge=1, le=100_000)
     idle_timeout: float | None = Field(default=90.0, gt=0)
     response_header_timeout: float | None = Field(default=None, gt=0)

@@ -13,8 +13,6 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable
-from urllib.parse import urlsplit
 
 from shared.engine.allowlist import TargetAllowlist
 from shared.engine.hosts import HostRegistry
@@ -23,7 +21,16 @@ from shared.engine.transport import TlsConfig, Transport, TransportFactory
 from shared.errors import ErrorCode, InternalError, TaskFailed
 from shared.histogram import HistogramChild
 from shared.metrics import HTTP_REQUEST_DURATION, HTTP_RETRIES, status_class
-from shared.models import HttpRequest, HttpResponse, Task, TaskResult, TransportPolicy, error_result
+from shared.models import (
+    ClientPolicy,
+    HostPolicy,
+    HttpRequest,
+    HttpResponse,
+    Task,
+    TaskResult,
+    TransportPolicy,
+    error_result,
+)
 
 __all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "Engine", "transport_factory"]
 
@@ -54,6 +61,15 @@ def transport_factory(name: str) -> TransportFactory:
 def _duration_histogram(method: str, status: int | None) -> HistogramChild:
     # The labelled child never changes, so it is looked up once per method and status code.
     return HTTP_REQUEST_DURATION.labels(method, status_class(status))
+
+
+@functools.lru_cache(maxsize=256)
+def _host_policy(host: HostPolicy, connections_per_host: int | None) -> HostPolicy:
+    """``host`` with the pool's ``max_connections_per_host`` folded into its cap: the lower one applies."""
+    cap = host.max_concurrent_per_host
+    if (connections_per_host is None) or ((cap is not None) and (cap <= connections_per_host)):
+        return host
+    return host.model_copy(update={"max_concurrent_per_host": connections_per_host})
 
 
 def _default_user_agent(task: Task) -> str | None:
@@ -95,8 +111,7 @@ class Engine:
         self._max_response_bytes = max_response_bytes
         self._allowlist = allowlist or TargetAllowlist()
         self._transports: dict[tuple[TransportPolicy, TlsConfig], Transport] = {}
-        self._last_transport: tuple[TransportPolicy, TlsConfig, Transport] | None = None
-        self._host_limits: dict[tuple[TransportPolicy, str], asyncio.Semaphore] = {}
+        self._last_pool: tuple[ClientPolicy, TlsConfig, Transport, HostPolicy] | None = None
         self._hosts = HostRegistry(clock=time.monotonic)
 
     def set_tls(self, tls: TlsConfig) -> None:
@@ -114,7 +129,8 @@ class Engine:
         if (deadline is not None) and started >= deadline:
             return _error(task, ErrorCode.EXPIRED, 0, started)
         own_deadline = started + task.timeout
-        deadline = own_deadline if deadline is None else min(deadline, own_deadline)
+        if (deadline is None) or (own_deadline < deadline):
+            deadline = own_deadline
         request = task.request
         if self._allowlist.enabled:
             try:
@@ -127,50 +143,78 @@ class Engine:
                 return _error(task, ErrorCode.TIMEOUT, 0, started)
         # Most requests set no headers at all, and then no User-Agent either.
         user_agent = _default_user_agent(task) if request.headers else task.service_name
-        transport = self._transport_for(task.policy.transport)
+        # Most tasks carry the very same policy object (the shared default, or one template's), so
+        # try the last one's pool before hashing the policy model, which pydantic does in Python.
+        last_pool = self._last_pool
+        if (last_pool is not None) and (last_pool[0] is task.policy) and (last_pool[1] is self._tls):
+            transport, host_policy = last_pool[2], last_pool[3]
+        else:
+            transport, host_policy = self._pool(task.policy)
         policy = task.policy.retry
         # The host as the task's URL names it, not the address the allowlist may have put in its place.
-        host = self._hosts.host(task.request.url, task.policy.host)
+        host = self._hosts.host(task.request.url, host_policy)
         last: HttpResponse | TaskFailed | None = None
         attempt = 0
+        now = time.monotonic() if self._allowlist.enabled else started
         while True:
-            if time.monotonic() >= deadline:
+            if now >= deadline:
                 return _error(task, ErrorCode.TIMEOUT, attempt, started)
-            refused = await host.enter(deadline, sent_before=attempt > 0)
-            if refused is not None:
-                # circuit_open means never sent: a retry the breaker stops ends with what its last attempt got.
-                if (refused is ErrorCode.CIRCUIT_OPEN) and (last is not None):
-                    return self._final(task, last, attempt, started)
-                return _error(task, refused, attempt, started)
+            if host.enter_at_once(now):
+                sent = now
+            else:
+                refused = await host.enter(deadline, sent_before=attempt > 0)
+                if refused is not None:
+                    # circuit_open means never sent: a retry the breaker stops ends with what its last attempt got.
+                    if (refused is ErrorCode.CIRCUIT_OPEN) and (last is not None):
+                        return self._final(task, last, attempt, started)
+                    return _error(task, refused, attempt, started)
+                sent = time.monotonic()
             attempt += 1
             # The attempt is awaited right here, not in a coroutine of its own: at 16,000 requests in
             # flight every object a request holds is promoted to the old GC generation, and each one
             # brings the next full collection nearer.
-            sent = time.monotonic()
             outcome: HttpResponse | TaskFailed | None = None
             try:
-                outcome = await self._send(transport, request, user_agent, task.policy.transport, deadline)
+                if transport.enforces_timeout:
+                    # No asyncio timer is armed then: one costs several microseconds per attempt on uvloop.
+                    outcome = await transport.send(
+                        request,
+                        user_agent=user_agent,
+                        max_body_bytes=self._max_response_bytes,
+                        timeout=deadline - sent,
+                    )
+                else:
+                    outcome = await self._send_timed(transport, request, user_agent, deadline)
             except Exception as exc:
                 outcome = _failure(exc, transport)
             except BaseException:
                 host.abandon(sent)
                 raise
             finally:
+                now = time.monotonic()
                 status = outcome.status_code if isinstance(outcome, HttpResponse) else None
-                _duration_histogram(request.method, status).observe(time.monotonic() - sent)
-            host.leave(outcome, sent, honor_retry_after=policy.honor_retry_after)
+                _duration_histogram(request.method, status).observe(now - sent)
+            host.leave(outcome, sent, now, honor_retry_after=policy.honor_retry_after)
             if outcome is None:
                 return _error(task, ErrorCode.TIMEOUT, attempt, started)
+            verdict: int | TaskFailed
+            if isinstance(outcome, HttpResponse):
+                if outcome.status_code < 429:
+                    # No status below 429 is ever retried: the common answer skips the retry decision.
+                    return TaskResult(task.id, outcome, None, attempt, now - started, task.labels)
+                verdict = outcome.status_code
+            else:
+                verdict = outcome
             last = outcome
-            verdict = outcome.status_code if isinstance(outcome, HttpResponse) else outcome
             if should_retry(attempt, verdict, policy):
                 retry_after = None
                 if isinstance(outcome, HttpResponse):
                     retry_after = parse_retry_after(outcome.header("retry-after"))
                 delay = backoff_delay(attempt, policy, retry_after=retry_after)
-                if time.monotonic() + delay < deadline:
+                if now + delay < deadline:
                     HTTP_RETRIES.inc()
                     await asyncio.sleep(delay)
+                    now = time.monotonic()
                     continue
             return self._final(task, outcome, attempt, started)
 
@@ -182,78 +226,36 @@ class Engine:
             return _error(task, ErrorCode.RETRIES_EXHAUSTED, attempts, started, outcome.status_code)
         return TaskResult(task.id, outcome, None, attempts, elapsed, task.labels)
 
-    def _send(
-        self,
-        transport: Transport,
-        request: HttpRequest,
-        user_agent: str | None,
-        policy: TransportPolicy,
-        deadline: float,
-    ) -> Awaitable[HttpResponse]:
-        """One attempt: the transport's own ``send`` when it times itself, else one under an asyncio timer."""
-        limit = self._host_limit(policy, request.url)
-        if (limit is None) and transport.enforces_timeout:
-            # No asyncio timer is armed then: one costs several microseconds per attempt on uvloop.
-            return transport.send(
+    async def _send_timed(
+        self, transport: Transport, request: HttpRequest, user_agent: str | None, deadline: float
+    ) -> HttpResponse:
+        """One attempt of a transport that doesn't time itself: ``transport.send`` under an asyncio timer."""
+        async with asyncio.timeout(deadline - time.monotonic()):
+            return await transport.send(
                 request,
                 user_agent=user_agent,
                 max_body_bytes=self._max_response_bytes,
                 timeout=deadline - time.monotonic(),
             )
-        return self._send_timed(transport, request, user_agent, limit, deadline)
 
-    async def _send_timed(
-        self,
-        transport: Transport,
-        request: HttpRequest,
-        user_agent: str | None,
-        limit: asyncio.Semaphore | None,
-        deadline: float,
-    ) -> HttpResponse:
-        """``transport.send`` under an asyncio timer, which also covers the wait for a host slot."""
-        async with asyncio.timeout(deadline - time.monotonic()):
-            if limit is None:
-                return await transport.send(
-                    request,
-                    user_agent=user_agent,
-                    max_body_bytes=self._max_response_bytes,
-                    timeout=deadline - time.monotonic(),
-                )
-            async with limit:
-                return await transport.send(
-                    request,
-                    user_agent=user_agent,
-                    max_body_bytes=self._max_response_bytes,
-                    timeout=deadline - time.monotonic(),
-                )
+    def _pool(self, policy: ClientPolicy) -> tuple[Transport, HostPolicy]:
+        """The transport for ``policy``'s pool, and the host limits it sets."""
+        transport = self._transport_for(policy.transport)
+        host_policy = _host_policy(policy.host, policy.transport.max_connections_per_host)
+        self._last_pool = (policy, self._tls, transport, host_policy)
+        return transport, host_policy
 
     def _transport_for(self, policy: TransportPolicy) -> Transport:
-        # Most tasks carry the very same policy object (the shared default, or one template's), so
-        # try that before hashing the policy model, which pydantic does in a Python-level function.
-        last = self._last_transport
-        if (last is not None) and (last[0] is policy) and (last[1] is self._tls):
-            return last[2]
         key = (policy, self._tls)
         transport = self._transports.get(key)
         if transport is None:
             transport = self._transports[key] = self._factory(policy, self._tls)
-        self._last_transport = (policy, self._tls, transport)
         return transport
-
-    def _host_limit(self, policy: TransportPolicy, url: str) -> asyncio.Semaphore | None:
-        if policy.max_connections_per_host is None:
-            return None
-        key = (policy, urlsplit(url).netloc)
-        limit = self._host_limits.get(key)
-        if limit is None:
-            limit = self._host_limits[key] = asyncio.Semaphore(policy.max_connections_per_host)
-        return limit
 
     async def aclose(self) -> None:
         """Close every pool."""
         # By identity: one transport instance may serve every pool (a caller's own, such as a MockTransport).
         transports = list({id(t): t for t in self._transports.values()}.values())
         self._transports = {}
-        self._last_transport = None
-        self._host_limits.clear()
+        self._last_pool = None
         await asyncio.gather(*(t.aclose() for t in transports), return_exceptions=True)

@@ -104,6 +104,11 @@ class BreakerState(Enum):
     HALF_OPEN = "half_open"
 
 
+# Module constants: reading a member off an Enum class goes through a descriptor, a third of a
+# microsecond each time, and the breaker's state is checked on every attempt.
+_CLOSED, _OPEN, _HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
+
+
 class CircuitBreaker:
     """Opens after ``failures`` connection errors or timeouts in a row within ``window`` seconds.
 
@@ -118,7 +123,7 @@ class CircuitBreaker:
     def __init__(self, host: str, policy: BreakerPolicy) -> None:
         self.host = host
         self.policy = policy
-        self.state = BreakerState.CLOSED
+        self.state = _CLOSED
         self._failures = 0
         self._first_failure = 0.0
         self._opened_at = 0.0
@@ -126,9 +131,9 @@ class CircuitBreaker:
 
     def refuses(self, now: float) -> bool:
         """Whether an attempt at ``now`` must end ``circuit_open``, without claiming the probe."""
-        if self.state is BreakerState.CLOSED:
+        if self.state is _CLOSED:
             return False
-        if self.state is BreakerState.OPEN:
+        if self.state is _OPEN:
             return now < self._opened_at + self.policy.cooldown
         return self._probe_sent is not None
 
@@ -136,15 +141,18 @@ class CircuitBreaker:
         """Whether an attempt may be sent at ``now``; the first one after the cool-down becomes the probe."""
         if self.refuses(now):
             return False
-        if self.state is BreakerState.OPEN:
-            self._enter(BreakerState.HALF_OPEN)
-        if self.state is BreakerState.HALF_OPEN:
+        if self.state is _OPEN:
+            self._enter(_HALF_OPEN)
+        if self.state is _HALF_OPEN:
             self._probe_sent = now
         return True
 
     def record(self, failed: bool, sent: float, now: float) -> None:
         """The outcome of an attempt sent at ``sent``: ``failed`` when it was a connection error or timeout."""
-        if self.state is BreakerState.HALF_OPEN:
+        if (self.state is _CLOSED) and not failed:
+            self._failures = 0
+            return
+        if self.state is _HALF_OPEN:
             if (self._probe_sent is None) or (sent < self._probe_sent):
                 return
             self._probe_sent = None
@@ -153,10 +161,7 @@ class CircuitBreaker:
             else:
                 self._close()
             return
-        if self.state is BreakerState.OPEN:
-            return
-        if not failed:
-            self._failures = 0
+        if self.state is _OPEN:
             return
         if (self._failures == 0) or (now - self._first_failure > self.policy.window):
             self._failures, self._first_failure = 0, now
@@ -173,24 +178,24 @@ class CircuitBreaker:
 
     def abandon(self, sent: float) -> None:
         """An attempt sent at ``sent`` was cancelled: if it was the probe, the next attempt may probe."""
-        if (self.state is BreakerState.HALF_OPEN) and (self._probe_sent is not None) and (sent >= self._probe_sent):
+        if (self.state is _HALF_OPEN) and (self._probe_sent is not None) and (sent >= self._probe_sent):
             self._probe_sent = None
 
     def forgettable(self, now: float) -> bool:
         """Whether dropping this breaker loses nothing: closed with no failure in the window."""
-        if self.state is not BreakerState.CLOSED:
+        if self.state is not _CLOSED:
             return False
         return (self._failures == 0) or (now - self._first_failure > self.policy.window)
 
     def _open(self, now: float) -> None:
         self._opened_at = now
         self._failures = 0
-        self._enter(BreakerState.OPEN)
+        self._enter(_OPEN)
 
     def _close(self) -> None:
         log.info("circuit breaker for host %s closed: the probe got a response", self.host)
         self._failures = 0
-        self._enter(BreakerState.CLOSED)
+        self._enter(_CLOSED)
 
     def _enter(self, state: BreakerState) -> None:
         self.state = state
@@ -238,6 +243,21 @@ class Host:
             return False
         return (self.breaker is None) or self.breaker.forgettable(now)
 
+    def enter_at_once(self, now: float) -> bool:
+        """Take a slot at ``now`` if nothing would make the attempt wait or be refused; the common case.
+
+        On ``True`` the caller holds a slot, as after ``enter``; on ``False`` it calls ``enter``.
+        """
+        if (self._bucket is not None) or (self.held_until > now):
+            return False
+        if (self.cap is not None) and ((self.in_use >= self.cap) or self._waiters):
+            return False
+        breaker = self.breaker
+        if (breaker is not None) and (breaker.state is not _CLOSED):
+            return False
+        self.in_use += 1
+        return True
+
     async def enter(self, deadline: float, *, sent_before: bool) -> ErrorCode | None:
         """Wait for this host's turn; ``None`` when the attempt may go, else the code the task ends with.
 
@@ -267,10 +287,15 @@ class Host:
             return ErrorCode.CIRCUIT_OPEN
         return None
 
-    def leave(self, outcome: HttpResponse | TaskFailed | None, sent: float, *, honor_retry_after: bool) -> None:
-        """The attempt sent at ``sent`` ended with ``outcome`` (``None``: the deadline cut it)."""
-        self._release()
-        now = self._clock()
+    def leave(
+        self, outcome: HttpResponse | TaskFailed | None, sent: float, now: float, *, honor_retry_after: bool
+    ) -> None:
+        """The attempt sent at ``sent`` ended at ``now`` with ``outcome`` (``None``: the deadline cut it)."""
+        # Written out for the common case, no one waiting: this runs once per attempt.
+        if self._waiters:
+            self._release()
+        else:
+            self.in_use -= 1
         if isinstance(outcome, HttpResponse):
             if honor_retry_after and (outcome.status_code in _HOST_WIDE_RETRY_AFTER):
                 self._hold(outcome, now)
@@ -354,6 +379,11 @@ class HostRegistry:
 
     def __init__(self, *, max_hosts: int = DEFAULT_MAX_HOSTS, clock: Callable[[], float] = time.monotonic) -> None:
         self._hosts: dict[str, Host] = {}
+        #: The entry of each URL origin seen lately (``scheme://authority`` as written), so most
+        #: lookups skip parsing the URL; see ``host``.
+        self._origins: dict[str, Host] = {}
+        #: The origin of the last lookup with a "/" after it, and its entry.
+        self._last: tuple[str, Host] | None = None
         self._max_hosts = max_hosts
         self._sweep_above = max_hosts
         self._clock = clock
@@ -363,19 +393,46 @@ class HostRegistry:
 
     def host(self, url: str, policy: HostPolicy) -> Host:
         """The entry of ``url``'s host, set to ``policy`` if the host was idle under another one."""
+        last = self._last
+        if (last is not None) and url.startswith(last[0]):
+            # Tasks in a row often target one host: no string is cut or hashed for them.
+            host = last[1]
+        else:
+            # Up to the first "/" past "https://": the origin as written, a cheaper key than host_key's parse.
+            slash = url.find("/", 8)
+            origin = url if slash < 0 else url[:slash]
+            known = self._origins.get(origin)
+            if known is None:
+                host = self._entry(url, origin, policy)
+            else:
+                host = known
+                self._last = (origin + "/", host)
+        if (host.policy is not policy) and (host.policy != policy) and host.idle:
+            host.configure(policy)
+        return host
+
+    def _entry(self, url: str, origin: str, policy: HostPolicy) -> Host:
+        match = _AUTHORITY_RE.match(url)
         key = host_key(url)
         host = self._hosts.get(key)
         if host is None:
             if len(self._hosts) >= self._sweep_above:
                 self._sweep()
             host = self._hosts[key] = Host(key, policy, self._clock)
-        elif (host.policy is not policy) and (host.policy != policy) and host.idle:
-            host.configure(policy)
+        # The origin names the host only when it holds the whole authority: every URL that starts with
+        # it and then "/" (or ends) has the same one.
+        if (match is not None) and (match.end() <= len(origin)):
+            if len(self._origins) >= self._sweep_above:
+                self._origins.clear()
+            self._origins[origin] = host
+            self._last = (origin + "/", host)
         return host
 
     def _sweep(self) -> None:
         now = self._clock()
         for key in [k for k, h in self._hosts.items() if h.forgettable(now)]:
             del self._hosts[key]
+        self._origins.clear()
+        self._last = None
         # Sweep again only once the registry has grown as much again: the cost stays constant per entry.
         self._sweep_above = max(self._max_hosts, 2 * len(self._hosts))

@@ -43,6 +43,17 @@ def test_a_host_is_its_host_and_port_as_the_url_names_them(url: str, key: str) -
     assert host_key(url) == key
 
 
+def test_the_registry_finds_one_entry_per_host_however_its_urls_are_written() -> None:
+    registry, policy = HostRegistry(), HostPolicy()
+    bmc = registry.host("http://BMC-1/redfish/v1", policy)
+
+    for url in ("http://bmc-1:80/other", "http://bmc-1", "http://BMC-1/redfish/v1?x=/y", "http://bmc-1?x=/y"):
+        assert registry.host(url, policy) is bmc
+    others = [registry.host(url, policy) for url in ("http://bmc-10/", "https://bmc-1/", "http://bmc-1:8080/")]
+    assert len({id(h) for h in (bmc, *others)}) == 4
+    assert len(registry) == 4
+
+
 def test_a_bucket_lets_the_burst_through_then_one_token_per_interval() -> None:
     bucket = TokenBucket(rate=10.0, burst=5)
 
@@ -206,6 +217,35 @@ async def test_the_engine_holds_requests_in_flight_to_the_cap() -> None:
 
     assert all(r.ok for r in results)
     assert peak == 3
+
+
+@pytest.mark.parametrize(("per_host", "connections_per_host", "cap"), [(None, 2, 2), (5, 2, 2), (2, 5, 2)])
+async def test_the_pools_max_connections_per_host_caps_requests_in_flight_too(
+    per_host: int | None, connections_per_host: int, cap: int
+) -> None:
+    in_flight, peak = 0, 0
+
+    async def slow(request: HttpRequest) -> HttpResponse:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return HttpResponse(status_code=200)
+
+    policy = ClientPolicy.model_validate(
+        {
+            "retry": {"retries": 0},
+            "transport": {"max_connections_per_host": connections_per_host},
+            "host": {"max_concurrent_per_host": per_host},
+        }
+    )
+    engine = Engine(transport=lambda policy, tls: MockTransport(slow))
+    tasks = [Task(service_name="svc", request=HttpRequest(url="http://bmc/"), policy=policy) for _ in range(20)]
+    results = await asyncio.gather(*(engine.run(t) for t in tasks))
+
+    assert all(r.ok for r in results)
+    assert peak == cap
 
 
 async def test_a_task_whose_deadline_passes_while_it_waits_for_its_host_expires_unsent() -> None:
