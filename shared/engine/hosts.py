@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -116,9 +117,23 @@ class CircuitBreaker:
     through as the probe (half-open) and every other is refused until the probe's outcome is
     known: a response closes the breaker, a failure opens it again. Outcomes of attempts sent
     before the breaker went half-open don't decide anything then.
+
+    Only failures of attempts sent since the host last answered count: an attempt sent before
+    that answer came says nothing new about the host. A burst against a weak server, whose
+    overflowed backlog drops a wave of connections at once while it goes on answering others,
+    therefore doesn't open it; a host that stops answering opens it after ``failures`` attempts.
     """
 
-    __slots__ = ("_failures", "_first_failure", "_opened_at", "_probe_sent", "host", "policy", "state")
+    __slots__ = (
+        "_failures",
+        "_first_failure",
+        "_last_answer",
+        "_opened_at",
+        "_probe_sent",
+        "host",
+        "policy",
+        "state",
+    )
 
     def __init__(self, host: str, policy: BreakerPolicy) -> None:
         self.host = host
@@ -128,6 +143,7 @@ class CircuitBreaker:
         self._first_failure = 0.0
         self._opened_at = 0.0
         self._probe_sent: float | None = None
+        self._last_answer = -math.inf
 
     def refuses(self, now: float) -> bool:
         """Whether an attempt at ``now`` must end ``circuit_open``, without claiming the probe."""
@@ -151,6 +167,7 @@ class CircuitBreaker:
         """The outcome of an attempt sent at ``sent``: ``failed`` when it was a connection error or timeout."""
         if (self.state is _CLOSED) and not failed:
             self._failures = 0
+            self._last_answer = now
             return
         if self.state is _HALF_OPEN:
             if (self._probe_sent is None) or (sent < self._probe_sent):
@@ -159,9 +176,10 @@ class CircuitBreaker:
             if failed:
                 self._open(now)
             else:
+                self._last_answer = now
                 self._close()
             return
-        if self.state is _OPEN:
+        if (self.state is _OPEN) or (sent < self._last_answer):
             return
         if (self._failures == 0) or (now - self._first_failure > self.policy.window):
             self._failures, self._first_failure = 0, now

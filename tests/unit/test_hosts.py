@@ -94,6 +94,20 @@ def test_the_breaker_opens_after_n_failures_in_a_row_and_logs_it_once(caplog: py
     ]
 
 
+def test_failures_of_attempts_sent_before_the_host_last_answered_do_not_count() -> None:
+    # A burst against a weak server: all sent at 0, one answered at 1, a wave of drops at 2.
+    b = breaker()
+    b.record(False, 0.0, 1.0)
+    for _ in range(10):
+        b.record(True, 0.0, 2.0)
+    assert b.state is BreakerState.CLOSED
+
+    # Attempts sent after that answer that all fail open it as usual.
+    for _ in range(3):
+        b.record(True, 1.5, 4.0)
+    assert b.refuses(4.0)
+
+
 def test_a_response_between_failures_starts_the_count_again() -> None:
     b = breaker()
     for second, failed in enumerate([True, True, False, True, True]):
