@@ -22,9 +22,11 @@ def template(url: str, **fields: object) -> Task:
 async def test_ten_thousand_tasks_give_ten_thousand_distinct_results(
     make_runner: RunnerFactory, target: HttpTarget, transport: str
 ) -> None:
-    # A modest in-flight limit: httpx's pool slows down sharply as concurrency grows (encode/httpx#3215).
-    async with make_runner(max_inflight=20) as runner:
-        tasks = runner.create_task_list(template(f"{target.http}/ok", timeout=120), 10_000)
+    # A modest in-flight limit for httpx, whose pool slows down sharply as concurrency grows
+    # (encode/httpx#3215); remote tasks wait on a round trip each, so they get more in flight. The
+    # deadline leaves room for a busy machine: what is checked is that every task gets its result.
+    async with make_runner(max_inflight=20 if transport == "httpx" else 500) as runner:
+        tasks = runner.create_task_list(template(f"{target.http}/ok", timeout=600), 10_000)
         batch = await runner.launch(tasks)
         seen = [result async for result in batch]
 
