@@ -40,11 +40,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from producer.dev.embedded_broker import free_port, with_parent_death_signal
+from tests.http_target import serving
 
 __all__ = ["FaultyTargets", "faulty_targets"]
-
-#: Seconds the child may take to serve: beside parallel pytest processes on a busy machine its imports may take 15.
-STARTUP_TIMEOUT = 60
 #: Longest request head read, in bytes.
 MAX_HEAD = 64 * 1024
 #: The body /reset promises, of which it sends half.
@@ -250,29 +248,8 @@ def faulty_targets(seed: int = 0) -> Iterator[FaultyTargets]:
     command = [sys.executable, "-m", "tests.faulty_targets", str(port), str(seed)]
     process = subprocess.Popen(with_parent_death_signal(command), cwd=Path(__file__).resolve().parents[1])
     targets = FaultyTargets(f"http://127.0.0.1:{port}")
-    try:
-        _wait_until_up(targets, process)
+    with serving(process, targets.state, "the faulty targets"):
         yield targets
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
-def _wait_until_up(targets: FaultyTargets, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the faulty targets exited with {process.returncode}")
-        try:
-            targets.state()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"the faulty targets did not start within {STARTUP_TIMEOUT} s")
 
 
 if __name__ == "__main__":

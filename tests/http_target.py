@@ -33,7 +33,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -226,9 +226,17 @@ def http_target(cert_dir: Path) -> Iterator[HttpTarget]:
         mtls=f"https://127.0.0.1:{ports[2]}",
         untrusted=f"https://127.0.0.1:{ports[3]}",
     )
-    try:
-        _wait_until_up(target, process)
+    with serving(process, target.stats, "the HTTP target"):
         yield target
+
+
+@contextlib.contextmanager
+def serving(process: subprocess.Popen[bytes], probe: Callable[[], object], name: str) -> Iterator[None]:
+    """Wait until ``probe`` stops raising ``OSError`` (the child ``process`` answers), then stop the child when the
+    block ends: politely first, then by force."""
+    try:
+        _wait_until_up(process, probe, name)
+        yield
     finally:
         process.terminate()
         try:
@@ -238,17 +246,17 @@ def http_target(cert_dir: Path) -> Iterator[HttpTarget]:
             process.wait(10)
 
 
-def _wait_until_up(target: HttpTarget, process: subprocess.Popen[bytes]) -> None:
+def _wait_until_up(process: subprocess.Popen[bytes], probe: Callable[[], object], name: str) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the HTTP target exited with {process.returncode}")
+            raise RuntimeError(f"{name} exited with {process.returncode}")
         try:
-            target.stats()
+            probe()
             return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"the HTTP target did not start within {STARTUP_TIMEOUT} s")
+    raise RuntimeError(f"{name} did not start within {STARTUP_TIMEOUT} s")
 
 
 async def _serve(cert_dir: Path, ports: list[int]) -> None:
