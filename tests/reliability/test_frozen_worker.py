@@ -43,6 +43,9 @@ class RecordingTarget(ThreadingHTTPServer):
     """Answers ``GET /task/<id>`` after ``TASK_SECONDS``, counting each id it serves."""
 
     daemon_threads = True
+    # Both workers connect at once, up to 2 * MAX_INFLIGHT, to a server that shares the test process's GIL:
+    # socketserver's backlog of 5 drops their SYNs, and their connects then fail on the transport's TCP timeout.
+    request_queue_size = 1024
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _TaskHandler)
