@@ -3,8 +3,10 @@
 ``http.server`` listens with a backlog of 5 and closes each connection after one response, so a
 burst of 200 requests overflows its accept queue. The kernel then drops the last ACK of some
 handshakes: the client holds a connection that looks open while the server never saw it, and
-the request sent on it is never acknowledged. The default ``tcp_user_timeout`` drops such a
-connection and the engine retries the attempt (see ``TransportPolicy``).
+the request sent on it is never acknowledged. The default ramp (``RampPolicy``) starts a burst at
+a few requests in flight and stops raising it once requests get stranded; the default
+``tcp_user_timeout`` drops a stranded connection and the engine retries the attempt (see
+``TransportPolicy``). ``--no-ramp`` runs TRS with the ramp off, to show what it saves.
 
 Each round starts a fresh server for curl and another for TRS (local mode, 200 tasks, timeout
 10 s, the default policy), one after the other, so both meet the same machine load. It reports
@@ -33,7 +35,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from producer import HttpRequest, Task, TaskRunner, create_task_list
+from producer import ClientPolicy, HostPolicy, HttpRequest, Task, TaskRunner, create_task_list
 
 TASKS = 200
 TIMEOUT = 10.0
@@ -86,9 +88,10 @@ def run_curl(url: str, n: int) -> tuple[float, dict[str, int]]:
     return time.monotonic() - started, dict(Counter(done.stdout.split()))
 
 
-async def run_trs(url: str, n: int, transport: str) -> tuple[float, dict[str, int], dict[str, int]]:
+async def run_trs(url: str, n: int, transport: str, *, ramp: bool) -> tuple[float, dict[str, int], dict[str, int]]:
     """Seconds for one local batch of ``n`` GETs of ``url``, its outcomes, and attempts by outcome."""
-    template = Task(service_name="weak", request=HttpRequest(url=url), timeout=TIMEOUT)
+    policy = ClientPolicy() if ramp else ClientPolicy(host=HostPolicy(ramp=None))
+    template = Task(service_name="weak", request=HttpRequest(url=url), timeout=TIMEOUT, policy=policy)
     async with TaskRunner(mode="local", service_name="weak", transport=transport) as runner:
         started = time.monotonic()
         results = await (await runner.launch(create_task_list(template, n))).wait()
@@ -102,6 +105,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 rounds instead of 5")
     parser.add_argument("--rounds", type=int, help="rounds of curl then TRS")
     parser.add_argument("--transport", default="pyreqwest", choices=["pyreqwest", "httpx"])
+    parser.add_argument("--no-ramp", action="store_true", help="run TRS with the per-host ramp off")
     args = parser.parse_args()
     if shutil.which("curl") is None:
         raise SystemExit("this benchmark needs curl (apt-get install curl)")
@@ -113,7 +117,7 @@ def main() -> None:
         with python_http_server() as url:
             curl_seconds, curl_codes = run_curl(url, TASKS)
         with python_http_server() as url:
-            trs_seconds, outcomes, attempts = asyncio.run(run_trs(url, TASKS, args.transport))
+            trs_seconds, outcomes, attempts = asyncio.run(run_trs(url, TASKS, args.transport, ramp=not args.no_ramp))
         curl_times.append(curl_seconds)
         trs_times.append(trs_seconds)
         row = {
@@ -129,6 +133,7 @@ def main() -> None:
     summary = {
         "tasks": TASKS,
         "transport": args.transport,
+        "ramp": not args.no_ramp,
         "rounds": rounds,
         "curl_s_p50": round(statistics.median(curl_times), 3),
         "trs_s_p50": round(statistics.median(trs_times), 3),

@@ -59,6 +59,7 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "Labels",
+    "RampPolicy",
     "ReleaseNotice",
     "ResultEnvelope",
     "RetryPolicy",
@@ -391,11 +392,30 @@ class BreakerPolicy(BaseModel):
     out for a minute or more, and five failures in a row rule out a lost packet.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     failures: int = Field(default=5, ge=1, le=1000)
     window: float = Field(default=60.0, gt=0, le=3600)
     cooldown: float = Field(default=30.0, gt=0, le=3600)
+
+
+class RampPolicy(BaseModel):
+    """How the engine raises the requests in flight to one host past what the host has shown it takes.
+
+    A burst of connections all at once is what overflows a weak server: ``python3 -m http.server``
+    keeps 5 handshakes in its listen backlog and takes each connection on a thread of its own, so
+    200 at once leave most of them dropped, each costing a retransmission of a second or more. So a
+    host starts at ``initial`` requests in flight. Until it first answers, its level doubles every
+    10 ms while tasks wait (a host that takes seconds per answer still gets its whole burst within a
+    fraction of one). From then on each answer raises it by one, so it doubles every round trip, as
+    TCP's slow start does, but only while the answers come back no slower than twice the fastest one
+    seen in the last 10 s, plus 10 ms: answers that slow down as more are sent say the host queues
+    them, and sending more would only fill its queue. A host idle for 60 s starts again.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    initial: int = Field(default=8, ge=1, le=100_000)
 
 
 class HostPolicy(BaseModel):
@@ -404,15 +424,16 @@ class HostPolicy(BaseModel):
     ``max_concurrent_per_host`` caps the requests in flight to one host; ``None`` sets no cap.
     ``rate_per_host`` is a token bucket in requests per second, with room for ``rate_burst`` at
     once (the whole second's worth when unset); every attempt, retries too, takes a token.
-    ``breaker`` is on unless set to ``None``.
+    ``breaker`` is on unless set to ``None``, and so is ``ramp``, the gentle start of a burst.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_concurrent_per_host: int | None = Field(default=None, ge=1, le=100_000)
     rate_per_host: float | None = Field(default=None, gt=0, le=100_000)
     rate_burst: int | None = Field(default=None, ge=1, le=100_000)
     breaker: BreakerPolicy | None = BreakerPolicy()
+    ramp: RampPolicy | None = RampPolicy()
 
     @model_validator(mode="after")
     def _burst_needs_a_rate(self) -> Self:

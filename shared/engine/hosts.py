@@ -1,11 +1,13 @@
-"""Per-host limits: a cap on requests in flight, a token-bucket rate, a Retry-After hold and a circuit breaker.
+"""Per-host limits: a cap and a ramp on requests in flight, a token-bucket rate, a Retry-After hold and a breaker.
 
 A host is the host and port a URL names, lower-cased, with the scheme's default port when none is
 written, so ``http://bmc-1`` and ``http://BMC-1:80`` are one host. Before each attempt the engine
-calls ``Host.enter``, which waits its turn in this order: a slot under the cap, the end of a hold
-that a ``Retry-After`` put on the host, a token of the bucket. Every wait counts against the task's
-deadline. After the attempt the engine calls ``Host.leave`` with its outcome, which frees the slot
-and feeds the breaker.
+calls ``Host.enter``, which waits its turn in this order: a slot under the host's limit, the end
+of a hold that a ``Retry-After`` put on the host, a token of the bucket. The limit is the lower of
+the cap and the ramp's level (see ``RampPolicy``): a host starts at a few requests in flight, and
+the level rises while tasks wait past it, as long as the host's answers account for what is in
+flight. Every wait counts against the task's deadline. After the attempt the engine calls
+``Host.leave`` with its outcome, which frees the slot, feeds the ramp and feeds the breaker.
 
 Tasks whose policies differ share one entry per host: the policy of the task that finds the host
 idle (nothing in flight or waiting) sets its cap and rate until it is idle again, so a host never
@@ -31,7 +33,7 @@ from prometheus_client import Counter
 
 from shared.engine.retry import parse_retry_after
 from shared.errors import ConnectFailed, ErrorCode, TaskFailed, TaskTimeout
-from shared.models import BreakerPolicy, HostPolicy, HttpResponse
+from shared.models import BreakerPolicy, HostPolicy, HttpResponse, RampPolicy
 
 __all__ = ["DEFAULT_MAX_HOSTS", "BreakerState", "CircuitBreaker", "Host", "HostRegistry", "TokenBucket", "host_key"]
 
@@ -45,15 +47,24 @@ HOST_BREAKER_TRANSITIONS = Counter(
 )
 HOST_TASKS_DELAYED = Counter(
     "trs_host_attempts_delayed_total",
-    "Attempts that waited for their host: for a slot under the cap, a Retry-After hold or a rate token.",
+    "Attempts that waited for their host: for a slot under the cap or the ramp, a Retry-After hold or a rate token.",
     ["reason"],
 )
 _DELAYED_BY_CAP = HOST_TASKS_DELAYED.labels("cap")
 _DELAYED_BY_HOLD = HOST_TASKS_DELAYED.labels("retry_after")
 _DELAYED_BY_RATE = HOST_TASKS_DELAYED.labels("rate")
+_DELAYED_BY_RAMP = HOST_TASKS_DELAYED.labels("ramp")
 
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 _AUTHORITY_RE = re.compile(r"([A-Za-z]+)://([^/?#]*)")
+#: The ramp (see ``RampPolicy``): seconds between doublings of a host's level until it first answers,
+RAMP_TICK = 0.01
+#: how many times the requests in flight that its answers account for a host may hold and still grow,
+RAMP_HEADROOM = 1.0
+#: the weight of each answer in the averages of answer time and of time between answers,
+RAMP_WEIGHT = 1 / 8
+#: and how long a host stays idle before it starts again from ``RampPolicy.initial``.
+RAMP_IDLE_RESET = 60.0
 #: Statuses whose ``Retry-After`` speaks for the whole host, not one request.
 _HOST_WIDE_RETRY_AFTER = frozenset({429, 503})
 
@@ -223,7 +234,25 @@ class CircuitBreaker:
 class Host:
     """One host's limits, shared by every task that targets it."""
 
-    __slots__ = ("_bucket", "_clock", "_waiters", "breaker", "cap", "held_until", "in_use", "key", "policy")
+    __slots__ = (
+        "_answer_gap",
+        "_answer_seconds",
+        "_bucket",
+        "_clock",
+        "_last_answer",
+        "_ramp",
+        "_ramp_timer",
+        "_reset_at",
+        "_waiters",
+        "breaker",
+        "cap",
+        "held_until",
+        "in_use",
+        "key",
+        "level",
+        "limit",
+        "policy",
+    )
 
     def __init__(self, key: str, policy: HostPolicy, clock: Callable[[], float]) -> None:
         self.key = key
@@ -234,13 +263,28 @@ class Host:
         self.breaker: CircuitBreaker | None = None
         self.policy = policy
         self.cap: int | None = None
+        #: The ramp's level: requests in flight the host has been given so far (see ``RampPolicy``).
+        self.level = 0
+        #: What ``enter`` waits under: the lower of ``cap`` and ``level``, ``None`` for neither.
+        self.limit: int | None = None
+        self._ramp: RampPolicy | None = None
+        self._ramp_timer: asyncio.TimerHandle | None = None
+        #: Averages of the answers that came while tasks waited past the level: how long each took, and
+        #: the time between them; the last one's time is ``-inf`` before the first.
+        self._answer_seconds = 0.0
+        self._answer_gap = 0.0
+        self._last_answer = -math.inf
+        #: When the ramp starts again from ``initial`` if the host is still idle then.
+        self._reset_at = math.inf
         self._bucket: TokenBucket | None = None
         self.configure(policy)
 
     def configure(self, policy: HostPolicy) -> None:
-        """Take ``policy``'s cap, rate and breaker thresholds; only while the host is idle."""
+        """Take ``policy``'s cap, ramp, rate and breaker thresholds; only while the host is idle."""
         self.policy = policy
         self.cap = policy.max_concurrent_per_host
+        self._ramp = policy.ramp
+        self._set_level(0 if policy.ramp is None else policy.ramp.initial)
         self._bucket = None if policy.rate_per_host is None else TokenBucket(policy.rate_per_host, policy.burst)
         if policy.breaker is None:
             self.breaker = None
@@ -248,6 +292,14 @@ class Host:
             self.breaker = CircuitBreaker(self.key, policy.breaker)
         else:
             self.breaker.policy = policy.breaker
+
+    def _set_level(self, level: int) -> None:
+        self.level = level
+        cap = self.cap
+        if self._ramp is None:
+            self.limit = cap
+        else:
+            self.limit = level if (cap is None) or (level < cap) else cap
 
     @property
     def idle(self) -> bool:
@@ -268,7 +320,10 @@ class Host:
         """
         if (self._bucket is not None) or (self.held_until > now):
             return False
-        if (self.cap is not None) and ((self.in_use >= self.cap) or self._waiters):
+        if (self.in_use == 0) and (now >= self._reset_at):
+            self._restart_ramp()
+        limit = self.limit
+        if (limit is not None) and ((self.in_use >= limit) or self._waiters):
             return False
         breaker = self.breaker
         if (breaker is not None) and (breaker.state is not _CLOSED):
@@ -287,8 +342,15 @@ class Host:
         if (breaker is not None) and breaker.refuses(self._clock()):
             return ErrorCode.CIRCUIT_OPEN
         late = ErrorCode.TIMEOUT if sent_before else ErrorCode.EXPIRED
-        if (self.cap is not None) and ((self.in_use >= self.cap) or self._waiters):
-            _DELAYED_BY_CAP.inc()
+        if (self.in_use == 0) and (self._clock() >= self._reset_at):
+            self._restart_ramp()
+        limit = self.limit
+        if (limit is not None) and ((self.in_use >= limit) or self._waiters):
+            if (self.cap is not None) and (self.in_use >= self.cap):
+                _DELAYED_BY_CAP.inc()
+            else:
+                _DELAYED_BY_RAMP.inc()
+                self._start_ramp_timer()
             if not await self._wait_for_slot(deadline):
                 return late
         else:
@@ -312,8 +374,12 @@ class Host:
         # Written out for the common case, no one waiting: this runs once per attempt.
         if self._waiters:
             self._release()
+            if (self._ramp is not None) and isinstance(outcome, HttpResponse):
+                self._answered(now - sent, now)
         else:
             self.in_use -= 1
+            if (self.in_use == 0) and (self._ramp is not None):
+                self._reset_at = now + RAMP_IDLE_RESET
         if isinstance(outcome, HttpResponse):
             if honor_retry_after and (outcome.status_code in _HOST_WIDE_RETRY_AFTER):
                 self._hold(outcome, now)
@@ -381,6 +447,67 @@ class Host:
             # A Retry-After that came in meanwhile holds this attempt too.
             ready = max(now, self.held_until)
         return True
+
+    def _restart_ramp(self) -> None:
+        """The host has been idle long enough for its pooled connections to be gone: start from ``initial``."""
+        self._reset_at = math.inf
+        self._last_answer = -math.inf
+        self._answer_gap = 0.0
+        if self._ramp is not None:
+            self._set_level(self._ramp.initial)
+
+    def _answered(self, seconds: float, now: float) -> None:
+        """An answer that took ``seconds`` came while tasks wait: one more may go, unless some are stuck.
+
+        By Little's law a host that answers every ``gap`` seconds, each answer taking ``seconds``,
+        holds ``seconds / gap`` requests. Far more in flight than that means the rest are stuck
+        (a weak server's overflowed backlog never saw them), and sending more would strand more.
+        """
+        if self._last_answer == -math.inf:
+            self._answer_seconds = seconds
+        else:
+            self._answer_seconds += (seconds - self._answer_seconds) * RAMP_WEIGHT
+            gap = now - self._last_answer
+            average = self._answer_gap
+            self._answer_gap = gap if average == 0.0 else average + (gap - average) * RAMP_WEIGHT
+            accounted = self._answer_seconds / self._answer_gap if self._answer_gap > 0 else math.inf
+            if self.in_use <= RAMP_HEADROOM * accounted + self._ramp_initial():
+                self._raise_level(self.level + 1)
+        self._last_answer = now
+
+    def _ramp_initial(self) -> int:
+        return 0 if self._ramp is None else self._ramp.initial
+
+    def _raise_level(self, level: int) -> None:
+        """Raise the ramp's level to ``level`` (no higher than the cap) and let waiters in under it."""
+        if self._ramp is None:
+            return
+        if self.cap is not None:
+            level = min(level, self.cap)
+        if level > self.level:
+            self._set_level(level)
+            self._grant()
+
+    def _grant(self) -> None:
+        """Hand free slots under the limit to waiters, first come first served."""
+        while self._waiters and ((self.limit is None) or (self.in_use < self.limit)):
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_use += 1
+                waiter.set_result(None)
+
+    def _start_ramp_timer(self) -> None:
+        # Once the host has answered, its answers raise the level: the timer only covers the wait for the first.
+        if (self._ramp is not None) and (self._ramp_timer is None) and (self._last_answer == -math.inf):
+            self._ramp_timer = asyncio.get_running_loop().call_later(RAMP_TICK, self._ramp_tick)
+
+    def _ramp_tick(self) -> None:
+        """Double the level while tasks wait and the host hasn't answered yet."""
+        self._ramp_timer = None
+        if self._waiters and (self._last_answer == -math.inf):
+            self._raise_level(2 * self.level)
+            if (self.cap is None) or (self.level < self.cap):
+                self._start_ramp_timer()
 
     def _release(self) -> None:
         """Free a slot, handing it straight to the next waiter if there is one."""
