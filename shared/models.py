@@ -405,17 +405,18 @@ class RampPolicy(BaseModel):
     A burst of connections all at once is what overflows a weak server: ``python3 -m http.server``
     keeps 5 handshakes in its listen backlog and takes each connection on a thread of its own, so
     200 at once leave most of them dropped, each costing a retransmission of a second or more. So a
-    host starts at ``initial`` requests in flight. Until it first answers, its level doubles every
-    10 ms while tasks wait (a host that takes seconds per answer still gets its whole burst within a
-    fraction of one). From then on each answer raises it by one, so it doubles every round trip, as
-    TCP's slow start does, but only while the answers come back no slower than twice the fastest one
-    seen in the last 10 s, plus 10 ms: answers that slow down as more are sent say the host queues
-    them, and sending more would only fill its queue. A host idle for 60 s starts again.
+    host starts at ``initial`` requests in flight, and while tasks wait past that level it rises by
+    ``per_second`` a second; until the host first answers, that pace doubles every 100 ms (a host
+    that takes seconds per answer still gets a burst of thousands within a second). Each answer
+    also raises it by one, as TCP's slow start does, while the answers account for what is in
+    flight (by Little's law, answer time over time between answers): a host that strands requests,
+    as an overflowed backlog does, gets only the pace. A host idle for 60 s starts again.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     initial: int = Field(default=8, ge=1, le=100_000)
+    per_second: float = Field(default=500.0, gt=0, le=1_000_000)
 
 
 class HostPolicy(BaseModel):

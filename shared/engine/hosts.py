@@ -57,8 +57,10 @@ _DELAYED_BY_RAMP = HOST_TASKS_DELAYED.labels("ramp")
 
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 _AUTHORITY_RE = re.compile(r"([A-Za-z]+)://([^/?#]*)")
-#: The ramp (see ``RampPolicy``): seconds between doublings of a host's level until it first answers,
+#: The ramp (see ``RampPolicy``): seconds between the steps of its timer,
 RAMP_TICK = 0.01
+#: how many steps the timer's pace doubles after, while the host hasn't answered yet,
+RAMP_DOUBLE_EVERY = 10
 #: how many times the requests in flight that its answers account for a host may hold and still grow,
 RAMP_HEADROOM = 1.0
 #: the weight of each answer in the averages of answer time and of time between answers,
@@ -239,10 +241,13 @@ class Host:
         "_answer_seconds",
         "_bucket",
         "_clock",
+        "_credit",
         "_last_answer",
+        "_pace",
         "_ramp",
         "_ramp_timer",
         "_reset_at",
+        "_ticks",
         "_waiters",
         "breaker",
         "cap",
@@ -274,6 +279,11 @@ class Host:
         self._answer_seconds = 0.0
         self._answer_gap = 0.0
         self._last_answer = -math.inf
+        #: The timer's pace (requests a second), and its steps taken since the host was last idle.
+        self._pace = 0.0
+        self._ticks = 0
+        #: The part of a request the pace has earned but not yet let in.
+        self._credit = 0.0
         #: When the ramp starts again from ``initial`` if the host is still idle then.
         self._reset_at = math.inf
         self._bucket: TokenBucket | None = None
@@ -284,7 +294,9 @@ class Host:
         self.policy = policy
         self.cap = policy.max_concurrent_per_host
         self._ramp = policy.ramp
-        self._set_level(0 if policy.ramp is None else policy.ramp.initial)
+        self._restart_ramp()
+        if policy.ramp is None:
+            self._set_level(0)
         self._bucket = None if policy.rate_per_host is None else TokenBucket(policy.rate_per_host, policy.burst)
         if policy.breaker is None:
             self.breaker = None
@@ -453,7 +465,10 @@ class Host:
         self._reset_at = math.inf
         self._last_answer = -math.inf
         self._answer_gap = 0.0
+        self._ticks = 0
+        self._credit = 0.0
         if self._ramp is not None:
+            self._pace = self._ramp.per_second
             self._set_level(self._ramp.initial)
 
     def _answered(self, seconds: float, now: float) -> None:
@@ -497,17 +512,23 @@ class Host:
                 waiter.set_result(None)
 
     def _start_ramp_timer(self) -> None:
-        # Once the host has answered, its answers raise the level: the timer only covers the wait for the first.
-        if (self._ramp is not None) and (self._ramp_timer is None) and (self._last_answer == -math.inf):
+        if (self._ramp is not None) and (self._ramp_timer is None):
             self._ramp_timer = asyncio.get_running_loop().call_later(RAMP_TICK, self._ramp_tick)
 
     def _ramp_tick(self) -> None:
-        """Double the level while tasks wait and the host hasn't answered yet."""
+        """Raise the level at the timer's pace while tasks wait; double the pace while the host hasn't answered."""
         self._ramp_timer = None
-        if self._waiters and (self._last_answer == -math.inf):
-            self._raise_level(2 * self.level)
-            if (self.cap is None) or (self.level < self.cap):
-                self._start_ramp_timer()
+        if not self._waiters:
+            return
+        self._ticks += 1
+        if (self._last_answer == -math.inf) and (self._ticks % RAMP_DOUBLE_EVERY == 0):
+            self._pace *= 2
+        self._credit += self._pace * RAMP_TICK
+        step = int(self._credit)
+        self._credit -= step
+        self._raise_level(self.level + step)
+        if (self.cap is None) or (self.level < self.cap):
+            self._start_ramp_timer()
 
     def _release(self) -> None:
         """Free a slot, handing it straight to the next waiter if there is one."""
