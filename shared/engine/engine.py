@@ -30,6 +30,7 @@ from shared.models import (
     TaskResult,
     TransportPolicy,
     error_result,
+    response_result,
 )
 
 __all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "Engine", "transport_factory"]
@@ -201,7 +202,7 @@ class Engine:
             if isinstance(outcome, HttpResponse):
                 if outcome.status_code < 429:
                     # No status below 429 is ever retried: the common answer skips the retry decision.
-                    return TaskResult(task.id, outcome, None, attempt, now - started, task.labels)
+                    return response_result(task, outcome, attempt, now - started)
                 verdict = outcome.status_code
             else:
                 verdict = outcome
@@ -224,7 +225,7 @@ class Engine:
             return _error(task, outcome.code, attempts, started)
         if attempts > 1 and should_retry(0, outcome.status_code, task.policy.retry):
             return _error(task, ErrorCode.RETRIES_EXHAUSTED, attempts, started, outcome.status_code)
-        return TaskResult(task.id, outcome, None, attempts, elapsed, task.labels)
+        return response_result(task, outcome, attempts, elapsed)
 
     async def _send_timed(
         self, transport: Transport, request: HttpRequest, user_agent: str | None, deadline: float
