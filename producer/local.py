@@ -79,9 +79,22 @@ class LocalBackend(Backend):
 
     async def start(self, batch: Batch) -> None:
         queue = deque(batch.tasks)
-        pool_size = min(self._max_inflight, len(queue))
-        workers = [asyncio.create_task(self._work(batch, queue)) for _ in range(pool_size)]
+        workers: list[asyncio.Task[None]] = []
         self._workers[batch.id] = workers
+        if queue:
+            workers.append(asyncio.create_task(self._work(batch, queue)))
+            if len(queue) > 1:
+                # Scheduled after the first worker's first step, which lasts until one of its tasks waits: tasks
+                # that end without waiting (refused, expired, circuit_open, a transport that answers at once)
+                # then need no pool, which costs about 2 us a worker to start and to end.
+                asyncio.get_running_loop().call_soon(self._start_pool, batch, queue, workers)
+
+    def _start_pool(self, batch: Batch, queue: deque[Task], workers: list[asyncio.Task[None]]) -> None:
+        """Start the rest of ``batch``'s workers, as many as its tasks left and the in-flight limit allow."""
+        if self._workers.get(batch.id) is not workers:
+            return  # cancelled or closed meanwhile
+        more = min(self._max_inflight - len(workers), len(queue))
+        workers.extend(asyncio.create_task(self._work(batch, queue)) for _ in range(more))
 
     async def _work(self, batch: Batch, queue: deque[Task]) -> None:
         engine, slots, deliver, launched_at = self._engine, self._slots, batch.deliver, batch.launched_at
