@@ -34,34 +34,36 @@ class InflightSlots:
 
     def __init__(self, limit: int) -> None:
         self._free = limit
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        #: The workers waiting for a slot, in line; a worker reads it after every task, and a property would
+        #: cost a call each time.
+        self.waiting: deque[asyncio.Future[None]] = deque()
 
     @property
     def wanted(self) -> bool:
         """Whether some worker is waiting for a slot."""
-        return bool(self._waiters)
+        return bool(self.waiting)
 
     async def acquire(self) -> None:
         """Take a slot, waiting in line behind the workers already waiting."""
-        if self._free and not self._waiters:
+        if self._free and not self.waiting:
             self._free -= 1
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self.waiting.append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 # The slot was handed over just as this wait was cancelled: pass it on.
                 self.release()
-            elif waiter in self._waiters:
-                self._waiters.remove(waiter)
+            elif waiter in self.waiting:
+                self.waiting.remove(waiter)
             raise
 
     def release(self) -> None:
         """Give a slot back, straight to the longest-waiting worker if there is one."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        while self.waiting:
+            waiter = self.waiting.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
@@ -79,12 +81,26 @@ class LocalBackend(Backend):
 
     async def start(self, batch: Batch) -> None:
         queue = deque(batch.tasks)
-        pool_size = min(self._max_inflight, len(queue))
-        workers = [asyncio.create_task(self._work(batch, queue)) for _ in range(pool_size)]
+        workers: list[asyncio.Task[None]] = []
         self._workers[batch.id] = workers
+        if queue:
+            workers.append(asyncio.create_task(self._work(batch, queue)))
+            if len(queue) > 1:
+                # Scheduled after the first worker's first step, which lasts until one of its tasks waits: tasks
+                # that end without waiting (refused, expired, circuit_open, a transport that answers at once)
+                # then need no pool, which costs about 2 us a worker to start and to end.
+                asyncio.get_running_loop().call_soon(self._start_pool, batch, queue, workers)
+
+    def _start_pool(self, batch: Batch, queue: deque[Task], workers: list[asyncio.Task[None]]) -> None:
+        """Start the rest of ``batch``'s workers, as many as its tasks left and the in-flight limit allow."""
+        if self._workers.get(batch.id) is not workers:
+            return  # cancelled or closed meanwhile
+        more = min(self._max_inflight - len(workers), len(queue))
+        workers.extend(asyncio.create_task(self._work(batch, queue)) for _ in range(more))
 
     async def _work(self, batch: Batch, queue: deque[Task]) -> None:
         engine, slots, deliver, launched_at = self._engine, self._slots, batch.deliver, batch.launched_at
+        waiting = slots.waiting
         await slots.acquire()
         holding = True
         try:
@@ -97,7 +113,7 @@ class LocalBackend(Backend):
                     log.exception("engine failed on task %s", task.id)
                     result = error_result(task, ErrorCode.INTERNAL)
                 deliver(result)
-                if slots.wanted and queue:
+                if waiting and queue:
                     # Another batch's worker waits: take turns, as a slot per task would.
                     holding = False
                     slots.release()

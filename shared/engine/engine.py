@@ -30,6 +30,7 @@ from shared.models import (
     TaskResult,
     TransportPolicy,
     error_result,
+    response_result,
 )
 
 __all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "Engine", "transport_factory"]
@@ -72,12 +73,12 @@ def _host_policy(host: HostPolicy, connections_per_host: int | None) -> HostPoli
     return host.model_copy(update={"max_concurrent_per_host": connections_per_host})
 
 
-def _default_user_agent(task: Task) -> str | None:
-    """The User-Agent the transport adds: the service name, unless the request sets its own."""
-    for name, _ in task.request.headers:
+def _default_user_agent(headers: list[tuple[str, str]], service_name: str) -> str | None:
+    """The User-Agent the transport adds: the service name, unless the request's ``headers`` set their own."""
+    for name, _ in headers:
         if name.lower() == "user-agent":
             return None
-    return task.service_name
+    return service_name
 
 
 def _failure(exc: Exception, transport: Transport) -> TaskFailed | None:
@@ -128,10 +129,16 @@ class Engine:
         started = time.monotonic()
         if (deadline is not None) and started >= deadline:
             return _error(task, ErrorCode.EXPIRED, 0, started)
-        own_deadline = started + task.timeout
+        # pydantic's BaseModel defines __getattr__, which sends every attribute read of a model down the
+        # interpreter's slow path (about 40 ns, against 7 for a plain object): the fields read on every task
+        # come from the instance dicts, where pydantic keeps them.
+        fields = task.__dict__
+        own_deadline = started + fields["timeout"]
         if (deadline is None) or (own_deadline < deadline):
             deadline = own_deadline
-        request = task.request
+        request: HttpRequest = fields["request"]
+        # The host as the task's URL names it, not the address the allowlist may put in its place.
+        url: str = request.__dict__["url"]
         if self._allowlist.enabled:
             try:
                 # Resolving a host name counts against the deadline like any attempt.
@@ -141,18 +148,21 @@ class Engine:
                 return _error(task, exc.code, 0, started)
             except TimeoutError:
                 return _error(task, ErrorCode.TIMEOUT, 0, started)
+        request_fields = request.__dict__
+        method: str = request_fields["method"]
+        headers: list[tuple[str, str]] = request_fields["headers"]
+        service_name: str = fields["service_name"]
         # Most requests set no headers at all, and then no User-Agent either.
-        user_agent = _default_user_agent(task) if request.headers else task.service_name
+        user_agent = _default_user_agent(headers, service_name) if headers else service_name
         # Most tasks carry the very same policy object (the shared default, or one template's), so
         # try the last one's pool before hashing the policy model, which pydantic does in Python.
+        policy: ClientPolicy = fields["policy"]
         last_pool = self._last_pool
-        if (last_pool is not None) and (last_pool[0] is task.policy) and (last_pool[1] is self._tls):
+        if (last_pool is not None) and (last_pool[0] is policy) and (last_pool[1] is self._tls):
             transport, host_policy = last_pool[2], last_pool[3]
         else:
-            transport, host_policy = self._pool(task.policy)
-        policy = task.policy.retry
-        # The host as the task's URL names it, not the address the allowlist may have put in its place.
-        host = self._hosts.host(task.request.url, host_policy)
+            transport, host_policy = self._pool(policy)
+        host = self._hosts.host(url, host_policy)
         last: HttpResponse | TaskFailed | None = None
         attempt = 0
         now = time.monotonic() if self._allowlist.enabled else started
@@ -173,7 +183,7 @@ class Engine:
             # The attempt is awaited right here, not in a coroutine of its own: at 16,000 requests in
             # flight every object a request holds is promoted to the old GC generation, and each one
             # brings the next full collection nearer.
-            outcome: HttpResponse | TaskFailed | None = None
+            outcome: HttpResponse | TaskFailed | None
             try:
                 if transport.enforces_timeout:
                     # No asyncio timer is armed then: one costs several microseconds per attempt on uvloop.
@@ -189,28 +199,29 @@ class Engine:
                 outcome = _failure(exc, transport)
             except BaseException:
                 host.abandon(sent)
+                _duration_histogram(method, None).observe(time.monotonic() - sent)
                 raise
-            finally:
-                now = time.monotonic()
-                status = outcome.status_code if isinstance(outcome, HttpResponse) else None
-                _duration_histogram(request.method, status).observe(now - sent)
-            host.leave(outcome, sent, now, honor_retry_after=policy.honor_retry_after)
+            now = time.monotonic()
+            if isinstance(outcome, HttpResponse):
+                status = outcome.status_code
+                _duration_histogram(method, status).observe(now - sent)
+                if status < 429:
+                    # No status below 429 is ever retried, nor holds its host: the common answer skips both.
+                    host.answered(sent, now)
+                    return response_result(fields["id"], outcome, attempt, now - started, fields["labels"])
+            else:
+                _duration_histogram(method, None).observe(now - sent)
+            retry = policy.retry
+            host.leave(outcome, sent, now, honor_retry_after=retry.honor_retry_after)
             if outcome is None:
                 return _error(task, ErrorCode.TIMEOUT, attempt, started)
-            verdict: int | TaskFailed
-            if isinstance(outcome, HttpResponse):
-                if outcome.status_code < 429:
-                    # No status below 429 is ever retried: the common answer skips the retry decision.
-                    return TaskResult(task.id, outcome, None, attempt, now - started, task.labels)
-                verdict = outcome.status_code
-            else:
-                verdict = outcome
+            verdict = outcome.status_code if isinstance(outcome, HttpResponse) else outcome
             last = outcome
-            if should_retry(attempt, verdict, policy):
+            if should_retry(attempt, verdict, retry):
                 retry_after = None
                 if isinstance(outcome, HttpResponse):
                     retry_after = parse_retry_after(outcome.header("retry-after"))
-                delay = backoff_delay(attempt, policy, retry_after=retry_after)
+                delay = backoff_delay(attempt, retry, retry_after=retry_after)
                 if now + delay < deadline:
                     HTTP_RETRIES.inc()
                     await asyncio.sleep(delay)
@@ -224,7 +235,7 @@ class Engine:
             return _error(task, outcome.code, attempts, started)
         if attempts > 1 and should_retry(0, outcome.status_code, task.policy.retry):
             return _error(task, ErrorCode.RETRIES_EXHAUSTED, attempts, started, outcome.status_code)
-        return TaskResult(task.id, outcome, None, attempts, elapsed, task.labels)
+        return response_result(task.id, outcome, attempts, elapsed, task.labels)
 
     async def _send_timed(
         self, transport: Transport, request: HttpRequest, user_agent: str | None, deadline: float
