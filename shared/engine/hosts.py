@@ -413,8 +413,12 @@ class Host:
         """``leave`` for a response that puts no hold on the host (any but 429 and 503): the common outcome."""
         if self._waiters:
             self._release()
+            if self._ramp is not None:
+                self._answered(now - sent, now)
         else:
             self.in_use -= 1
+            if (self.in_use == 0) and (self._ramp is not None):
+                self._reset_at = now + RAMP_IDLE_RESET
         breaker = self.breaker
         if breaker is not None:
             if breaker.state is _CLOSED:
