@@ -731,15 +731,7 @@ def response_result(
     It takes the task's fields rather than the task, whose attribute reads cost the engine more than the
     rest of building its result (``shared.engine.engine`` says why).
     """
-    result = _ResultBuilder()
-    result.task_id = task_id
-    result.response = response
-    result.error = None
-    result.attempts = attempts
-    result.elapsed = elapsed
-    result.labels = labels
-    result.__class__ = TaskResult  # type: ignore[assignment]
-    return result  # type: ignore[return-value]
+    return _new_result(task_id, response, None, attempts, elapsed, labels)
 
 
 def utc_now() -> datetime:

@@ -391,15 +391,7 @@ class Host:
         self, outcome: HttpResponse | TaskFailed | None, sent: float, now: float, *, honor_retry_after: bool
     ) -> None:
         """The attempt sent at ``sent`` ended at ``now`` with ``outcome`` (``None``: the deadline cut it)."""
-        # Written out for the common case, no one waiting: this runs once per attempt.
-        if self._waiters:
-            self._release()
-            if (self._ramp is not None) and isinstance(outcome, HttpResponse):
-                self._answered(now - sent, now)
-        else:
-            self.in_use -= 1
-            if (self.in_use == 0) and (self._ramp is not None):
-                self._reset_at = now + RAMP_IDLE_RESET
+        self._free_slot(sent, now, answered=isinstance(outcome, HttpResponse))
         if isinstance(outcome, HttpResponse):
             if honor_retry_after and (outcome.status_code in _HOST_WIDE_RETRY_AFTER):
                 self._hold(outcome, now)
@@ -411,14 +403,7 @@ class Host:
 
     def answered(self, sent: float, now: float) -> None:
         """``leave`` for a response that puts no hold on the host (any but 429 and 503): the common outcome."""
-        if self._waiters:
-            self._release()
-            if self._ramp is not None:
-                self._answered(now - sent, now)
-        else:
-            self.in_use -= 1
-            if (self.in_use == 0) and (self._ramp is not None):
-                self._reset_at = now + RAMP_IDLE_RESET
+        self._free_slot(sent, now, answered=True)
         breaker = self.breaker
         if breaker is not None:
             if breaker.state is _CLOSED:
@@ -427,6 +412,17 @@ class Host:
                 breaker._last_answer = now
             else:
                 breaker.answered(sent, now)
+
+    def _free_slot(self, sent: float, now: float, *, answered: bool) -> None:
+        """Free the slot of the attempt sent at ``sent``; an answer while tasks wait feeds the ramp."""
+        if self._waiters:
+            self._release()
+            if answered and (self._ramp is not None):
+                self._answered(now - sent, now)
+        else:
+            self.in_use -= 1
+            if (self.in_use == 0) and (self._ramp is not None):
+                self._reset_at = now + RAMP_IDLE_RESET
 
     def abandon(self, sent: float) -> None:
         """The attempt sent at ``sent`` was cancelled before it had an outcome."""
