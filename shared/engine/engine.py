@@ -3,7 +3,8 @@
 One deadline covers every attempt. Before the first attempt the engine checks the allowlist,
 which may resolve the host name (see ``shared.engine.allowlist``); before each attempt it checks
 the deadline, then sends through the transport built for the task's transport policy. The retry
-decision and the delay come from ``shared.engine.retry``. Exception text goes to the log; a
+decision and the delay come from ``shared.engine.retry``; a retry goes only while at least
+``MIN_RETRY_WINDOW`` of the deadline is left. Exception text goes to the log; a
 result carries only a code and that code's fixed message.
 """
 
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_RESPONSE_BYTES = 700_000
 #: The transport used when none is named: the fastest one that meets every semantic, by measurement.
 DEFAULT_TRANSPORT = "pyreqwest"
+#: Seconds of its task's time a retry must have left once it may go, or it isn't sent: a request the
+#: deadline cuts before it can be answered loads a fragile host for nothing.
+MIN_RETRY_WINDOW = 0.1
 
 
 def transport_factory(name: str) -> TransportFactory:
@@ -172,7 +176,9 @@ class Engine:
             if host.enter_at_once(now):
                 sent = now
             else:
-                refused = await host.enter(deadline, sent_before=attempt > 0)
+                # A retry that can't go while it still has its window left isn't sent at all.
+                window = MIN_RETRY_WINDOW if attempt else 0.0
+                refused = await host.enter(deadline - window, sent_before=attempt > 0)
                 if refused is not None:
                     # circuit_open means never sent: a retry the breaker stops ends with what its last attempt got.
                     if (refused is ErrorCode.CIRCUIT_OPEN) and (last is not None):
@@ -222,11 +228,12 @@ class Engine:
                 if isinstance(outcome, HttpResponse):
                     retry_after = parse_retry_after(outcome.header("retry-after"))
                 delay = backoff_delay(attempt, retry, retry_after=retry_after)
-                if now + delay < deadline:
-                    HTTP_RETRIES.inc()
+                if now + delay + MIN_RETRY_WINDOW < deadline:
                     await asyncio.sleep(delay)
                     now = time.monotonic()
-                    continue
+                    if now + MIN_RETRY_WINDOW < deadline:
+                        HTTP_RETRIES.inc()
+                        continue
             return self._final(task, outcome, attempt, started)
 
     def _final(self, task: Task, outcome: HttpResponse | TaskFailed, attempts: int, started: float) -> TaskResult:

@@ -165,7 +165,10 @@ async def _run(setup: Setup, route: str, *, timeout: float, faults: FaultyTarget
     assert max(r.elapsed for r in results) <= timeout + MARGIN
     assert max(durations) <= timeout + grace + MARGIN
     hits = ran.seen["key_hits"]
-    assert all(hits.get(key) == r.attempts for key, r in by_key.items()), "attempts the target never saw"
+    unseen = {
+        key: (r.attempts, hits.get(key, 0), r.elapsed) for key, r in by_key.items() if hits.get(key) != r.attempts
+    }
+    assert not unseen, f"attempts and what the target saw differ, as (attempts, seen, elapsed): {unseen}"
     if rss_after:
         assert rss_after[-1] <= rss_after[0] * (1 + RSS_GROWTH), rss_after
     return ran

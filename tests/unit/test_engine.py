@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from shared.engine import Engine, MockTransport, TlsConfig, TransportFactory
+from shared.engine.engine import MIN_RETRY_WINDOW
 from shared.errors import ErrorCode
 from shared.models import HttpRequest, HttpResponse, Task
 
@@ -133,3 +134,26 @@ async def test_an_attempt_without_a_response_is_timed_as_error() -> None:
     await engine.run(task)
 
     assert _sample("trs_http_request_duration_seconds_count", labels) == before + 1
+
+
+@pytest.mark.parametrize(("timeout", "attempts"), [(1.05, 1), (1.3, 2)])
+async def test_a_retry_goes_only_while_its_window_of_the_deadline_is_left(timeout: float, attempts: int) -> None:
+    sent: list[float] = []
+
+    async def busy(request: HttpRequest) -> HttpResponse:
+        sent.append(time.monotonic())
+        return HttpResponse(status_code=429, headers=[("retry-after", "1")])
+
+    engine = Engine(transport=factory(busy))
+    task = Task(service_name="svc", request=HttpRequest(url="http://127.0.0.1/"), timeout=timeout)
+
+    result = await engine.run(task)
+
+    # The Retry-After puts the retry 1 s in: 0.05 s before the first deadline, under the window.
+    assert (timeout - 1 < MIN_RETRY_WINDOW) is (attempts == 1)
+    assert result.attempts == len(sent) == attempts
+    # The last answer stands: the 429 itself, or the retries exhausted on it.
+    outcome = result.response or result.error
+    assert outcome is not None and outcome.status_code == 429
+    # A retry that can't go isn't waited for either.
+    assert result.elapsed < (0.5 if attempts == 1 else timeout)
