@@ -2,9 +2,13 @@
 
 The tasks go in batches, two at a time, from one remote runner to one worker against a loopback
 nginx (the cheapest target there is, so that the worker's share of the machine is what counts).
-After a warm-up (the first fifth of the tasks) the worker's RSS must grow by less than 10%: a
-per-task leak of even a few hundred bytes would show. The figures (the RSS series summarised, and
-tasks per second) go to stdout as one ``RELIABILITY {json}`` line.
+After a warm-up (the first fifth of the tasks) the rest of the run is cut in two halves by time,
+and the worker's peak RSS in the second half must be less than 10% above its peak in the first.
+Peaks, not single readings: the worker's RSS swings from one reading to the next as its
+allocators take memory and give it back (between 152 and 164 MB, up and down, over 420,000 tasks
+in one run here), while a leak raises every later peak. A per-task leak of 200 bytes adds 16 MB,
+over 10%, between the halves' peaks. The figures (the RSS series summarised, and tasks per
+second) go to stdout as one ``RELIABILITY {json}`` line.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ TASKS = 200_000
 BATCHES = 10
 #: The share of the tasks after which the worker's memory counts as warmed up.
 WARM_UP = 0.2
-#: How much the worker's RSS may grow from the end of the warm-up to the end.
+#: How much the worker's peak RSS in the second half after the warm-up may pass its peak in the first.
 GROWTH = 0.10
 SAMPLE_INTERVAL = 1.0
 
@@ -57,8 +61,9 @@ def test_200000_tasks_through_one_worker_leave_its_rss_flat(
         alive = worker.process.poll() is None
 
     warmed_at = finished[int(BATCHES * WARM_UP) - 1] - started
-    warmed = next(value for at, value in rss.samples if at >= warmed_at)
-    after_warm_up = [value for at, value in rss.samples if at >= warmed_at]
+    halfway = (warmed_at + rss.samples[-1][0]) / 2
+    first_half = max(value for at, value in rss.samples if warmed_at <= at < halfway)
+    second_half = max(value for at, value in rss.samples if at >= halfway)
     end = rss.samples[-1][1]
     figures = {
         "scenario": "soak",
@@ -70,18 +75,18 @@ def test_200000_tasks_through_one_worker_leave_its_rss_flat(
         "rss_samples": len(rss.samples),
         "worker_rss_mb": {
             "start": _mb(rss.samples[0][1]),
-            "after_warm_up": _mb(warmed),
             "peak": _mb(rss.peak),
-            "peak_after_warm_up": _mb(max(after_warm_up)),
+            "peak_first_half": _mb(first_half),
+            "peak_second_half": _mb(second_half),
             "end": _mb(end),
         },
-        "growth_after_warm_up": round(end / warmed - 1, 4),
+        "peak_growth": round(second_half / first_half - 1, 4),
     }
     print("RELIABILITY " + json.dumps(figures))
 
     assert outcomes == Counter({"response": TASKS})
     assert alive
-    assert end < warmed * (1 + GROWTH), figures
+    assert second_half < first_half * (1 + GROWTH), figures
 
 
 async def _soak(bootstrap: str, service: str, url: str) -> tuple[Counter[str], list[float]]:
