@@ -142,7 +142,7 @@ async def test_a_retry_goes_only_while_its_window_of_the_deadline_is_left(timeou
 
     async def busy(request: HttpRequest) -> HttpResponse:
         sent.append(time.monotonic())
-        return HttpResponse(status_code=429, headers=[("retry-after", "1")])
+        return HttpResponse(status_code=429, headers=(("retry-after", "1"),))
 
     engine = Engine(transport=factory(busy))
     task = Task(service_name="svc", request=HttpRequest(url="http://127.0.0.1/"), timeout=timeout)
