@@ -28,9 +28,9 @@ from consumer.fetcher import Record
 from consumer.metrics import WORKER_DLQ_RECORDS, WORKER_PRODUCE_ERRORS, WORKER_RESULTS_DROPPED
 from consumer.offsets import OffsetTracker
 from shared.errors import ErrorCode, InvalidEnvelope
-from shared.models import ResultEnvelope, TaskEnvelope, TaskError, TaskResult
+from shared.models import TaskEnvelope, TaskError, TaskResult
 from shared.producing import produce, try_produce
-from shared.wire import DLQ_TOPIC, KafkaHeaders, batch_of_reply_topic, dead_letter_record, encode_result
+from shared.wire import DLQ_TOPIC, KafkaHeaders, batch_of_reply_topic, dead_letter_record, encode_result_of
 
 __all__ = ["DeadLetter", "Replies", "ReplyTopics"]
 
@@ -350,7 +350,7 @@ class Replies:
         return letter.reply_topic, value, headers, letter.task_id.encode()
 
     def _encode(self, batch_id: str, result: TaskResult) -> tuple[bytes, list[tuple[str, str | bytes | None]]]:
-        value, headers = encode_result(ResultEnvelope(batch_id=batch_id, result=result, worker=self._worker_name))
+        value, headers = encode_result_of(batch_id, result, self._worker_name)
         if len(value) > self._max_message_bytes:
             # Kafka would refuse it; the client still gets an outcome.
             log.warning("result of task %s is %d bytes, over the message limit", result.task_id, len(value))
@@ -362,9 +362,7 @@ class Replies:
                 result.elapsed,
                 result.labels,
             )
-            value, headers = encode_result(
-                ResultEnvelope(batch_id=batch_id, result=too_large, worker=self._worker_name)
-            )
+            value, headers = encode_result_of(batch_id, too_large, self._worker_name)
         return value, headers
 
     def _delivered(self, acks: _Acks, error: KafkaError | None, message: Message) -> None:
