@@ -69,6 +69,7 @@ __all__ = [
     "KafkaHeaders",
     "batch_of_reply_topic",
     "batch_times",
+    "check_consumed_task",
     "control_kind",
     "dead_letter_headers",
     "dead_letter_record",
@@ -77,6 +78,7 @@ __all__ = [
     "decode_release",
     "decode_result",
     "decode_task",
+    "decode_task_value",
     "encode_cancel",
     "encode_release",
     "encode_result",
@@ -440,6 +442,12 @@ def decode_consumed_task(
     Besides what ``decode_task`` checks, the headers must be readable and at most
     ``MAX_TASK_HEADERS``, and the value and headers together at most ``max_message_bytes``.
     """
+    check_consumed_task(value, headers, max_message_bytes=max_message_bytes)
+    return _decode(TaskEnvelope, value)
+
+
+def check_consumed_task(value: bytes | None, headers: KafkaHeaders | None, *, max_message_bytes: int | None) -> None:
+    """Every check of ``decode_consumed_task`` but the value's validation; raises ``InvalidEnvelope``."""
     if headers is None:
         raise _salvaged(UNREADABLE_HEADERS, value)
     if len(headers) > MAX_TASK_HEADERS:
@@ -453,7 +461,15 @@ def decode_consumed_task(
                 size += len(header) if isinstance(header, bytes) else len(_as_bytes(header))
         if size > max_message_bytes:
             raise _salvaged(f"message: {size} bytes, over the limit of {max_message_bytes}", value)
-    return decode_task(value, headers)
+    try:
+        _check_schema_header(headers)
+    except InvalidEnvelope as exc:
+        raise _salvaged(exc.reason, value) from None
+
+
+def decode_task_value(value: bytes | None) -> TaskEnvelope:
+    """A task envelope from a message's value alone; raises ``InvalidEnvelope`` with the reason."""
+    return _decode(TaskEnvelope, value)
 
 
 def _salvaged(reason: str, value: bytes | None) -> InvalidEnvelope:
