@@ -254,6 +254,10 @@ def dead_letter_record(
 
 
 def _pairs(headers: HeadersIn) -> KafkaHeaders:
+    # No `type(headers) is list` shortcut past the ABC check: for a header name that isn't UTF-8,
+    # confluent-kafka returns its list with the UnicodeDecodeError still set, and the check, Python
+    # code, is what raises it here, inside message_headers; without it the error surfaced at the next
+    # C call, outside any handler, and the record was never done (tests/reliability/test_hostile_input.py).
     return list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
 
 

@@ -56,7 +56,7 @@ def test_result_envelope_round_trip(envelope: ResultEnvelope) -> None:
 _text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=40)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(
     results,
     st.floats(0, 1e6, allow_nan=False, allow_infinity=False),
