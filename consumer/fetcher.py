@@ -73,6 +73,9 @@ PROOF = "trs-ownership-proof-"
 REVOKE_POLL = 0.01
 
 
+_new_tuple = tuple.__new__
+
+
 class Record(NamedTuple):
     """A consumed task message, where it came from, and the assignment epoch it was consumed in.
 
@@ -245,22 +248,32 @@ class Fetcher:
             messages += self._consumer.consume(limit - 1, 0)
         # Before the records are tracked: a stall inside consume is noticed before any is handed on.
         self._beat()
-        kept, consumed = [], []
+        # Runs of one partition each: librdkafka hands over a partition's messages together, so the
+        # tracker's lock, its lookup and the epoch come once per run rather than once per record.
+        runs: list[tuple[TopicPartitionKey, list[Message], list[int]]] = []
+        key: TopicPartitionKey | None = None
+        run: list[Message] = []
+        offsets: list[int] = []
         for message in messages:
             error = message.error()
             offset = message.offset()
             if error is not None or offset is None:
                 self._log_consume_error(error)
                 continue
-            kept.append(message)
-            consumed.append(((message.topic() or "", message.partition() or 0), offset))
+            topic, partition = message.topic() or "", message.partition() or 0
+            if (key is None) or partition != key[1] or topic != key[0]:
+                key, run, offsets = (topic, partition), [], []
+                runs.append((key, run, offsets))
+            run.append(message)
+            offsets.append(offset)
         # One lock for the batch: the event loop takes the same lock for every record it starts and ends.
-        epochs = self._tracker.track_batch(consumed)
-        return [
-            Record(message, key, offset, epoch)
-            for message, (key, offset), epoch in zip(kept, consumed, epochs, strict=True)
-            if epoch is not None
-        ]
+        epochs = self._tracker.track_runs([(key, offsets) for key, _, offsets in runs])
+        records: list[Record] = []
+        for (key, run, offsets), epoch in zip(runs, epochs, strict=True):
+            if epoch is not None:
+                # tuple.__new__ straight away: a named tuple's own __new__ is a Python function, a frame per record.
+                records += [_new_tuple(Record, (m, key, o, epoch)) for m, o in zip(run, offsets, strict=True)]
+        return records
 
     @staticmethod
     def _log_consume_error(error: KafkaError | None) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import itertools
 import math
+import operator
 import threading
 import time
 from collections import deque
@@ -66,6 +67,18 @@ class PartitionOffsets:
         self._seen_order.append(offset)
         self._incomplete.add(offset)
         return True
+
+    def track_run(self, offsets: list[int]) -> None:
+        """``track`` each of ``offsets``, one partition's run of a consumed batch: at once when they ascend."""
+        highest = self.highest_seen
+        # As librdkafka hands them over. The checks and the bulk adds run in C, not a Python step per offset.
+        if ((highest is None) or offsets[0] > highest) and all(map(operator.lt, offsets, offsets[1:])):
+            self.highest_seen = offsets[-1]
+            self._seen_order.extend(offsets)
+            self._incomplete.update(offsets)
+            return
+        for offset in offsets:
+            self.track(offset)
 
     def mark_done(self, offset: int) -> bool:
         """Record ``offset`` as done; ``False`` if it was not incomplete."""
@@ -169,17 +182,18 @@ class OffsetTracker:
             state.track(offset)
             return state.epoch
 
-    def track_batch(self, consumed: Iterable[tuple[TopicPartitionKey, int]]) -> list[int | None]:
-        """``track`` a consumed batch under one lock; returns each offset's epoch, in order."""
+    def track_runs(self, runs: Iterable[tuple[TopicPartitionKey, list[int]]]) -> list[int | None]:
+        """``track`` a consumed batch, as runs of offsets of one partition each, under one lock; returns each
+        run's epoch, in order (``None``: its partition isn't assigned)."""
         epochs: list[int | None] = []
         with self._lock:
             partitions = self._partitions
-            for key, offset in consumed:
+            for key, offsets in runs:
                 state = partitions.get(key)
                 if state is None:
                     epochs.append(None)
                 else:
-                    state.track(offset)
+                    state.track_run(offsets)
                     epochs.append(state.epoch)
         return epochs
 

@@ -28,9 +28,9 @@ from consumer.fetcher import Record
 from consumer.metrics import WORKER_DLQ_RECORDS, WORKER_PRODUCE_ERRORS, WORKER_RESULTS_DROPPED
 from consumer.offsets import OffsetTracker
 from shared.errors import ErrorCode, InvalidEnvelope
-from shared.models import ResultEnvelope, TaskEnvelope, TaskError, TaskResult
+from shared.models import TaskEnvelope, TaskError, TaskResult
 from shared.producing import produce, try_produce
-from shared.wire import DLQ_TOPIC, KafkaHeaders, batch_of_reply_topic, dead_letter_record, encode_result
+from shared.wire import DLQ_TOPIC, KafkaHeaders, batch_of_reply_topic, dead_letter_record, encode_result_of
 
 __all__ = ["DeadLetter", "Replies", "ReplyTopics"]
 
@@ -250,11 +250,11 @@ class Replies:
             return False
         if not exists:
             self._drop(reply_topic)
-            _Acks(self._tracker, record, 1).done()
+            self._tracker.mark_done(record.key, record.offset, record.epoch)
             return True
         value, headers = self._encode(batch_id, result)
         try:
-            on_delivery = partial(self._delivered, _Acks(self._tracker, record, 1))
+            on_delivery = partial(self._result_delivered, record)
             return try_produce(
                 self._producer, reply_topic, value, key=_key(result), headers=headers, on_delivery=on_delivery
             )
@@ -264,10 +264,9 @@ class Replies:
 
     async def send_result(self, record: Record, batch_id: str, reply_topic: str, result: TaskResult) -> None:
         """Produce ``result`` to ``reply_topic``, waiting for the topic's lookup or for room if need be."""
-        acks = _Acks(self._tracker, record, 1)
         if not await self._topics.exists(reply_topic):
             self._drop(reply_topic)
-            acks.done()
+            self._tracker.mark_done(record.key, record.offset, record.epoch)
             return
         value, headers = self._encode(batch_id, result)
         try:
@@ -277,7 +276,7 @@ class Replies:
                 value,
                 key=_key(result),
                 headers=headers,
-                on_delivery=partial(self._delivered, acks),
+                on_delivery=partial(self._result_delivered, record),
             )
         except KafkaException as exc:
             self._produce_failed(record, reply_topic, exc)
@@ -350,7 +349,7 @@ class Replies:
         return letter.reply_topic, value, headers, letter.task_id.encode()
 
     def _encode(self, batch_id: str, result: TaskResult) -> tuple[bytes, list[tuple[str, str | bytes | None]]]:
-        value, headers = encode_result(ResultEnvelope(batch_id=batch_id, result=result, worker=self._worker_name))
+        value, headers = encode_result_of(batch_id, result, self._worker_name)
         if len(value) > self._max_message_bytes:
             # Kafka would refuse it; the client still gets an outcome.
             log.warning("result of task %s is %d bytes, over the message limit", result.task_id, len(value))
@@ -362,22 +361,28 @@ class Replies:
                 result.elapsed,
                 result.labels,
             )
-            value, headers = encode_result(
-                ResultEnvelope(batch_id=batch_id, result=too_large, worker=self._worker_name)
-            )
+            value, headers = encode_result_of(batch_id, too_large, self._worker_name)
         return value, headers
 
+    def _result_delivered(self, record: Record, error: KafkaError | None, message: Message) -> None:
+        """A result's delivery report: the result is all its record waits for, so no ``_Acks`` is kept for it."""
+        if (error is None) or self._topic_gone(error, message):
+            self._tracker.mark_done(record.key, record.offset, record.epoch)
+
     def _delivered(self, acks: _Acks, error: KafkaError | None, message: Message) -> None:
-        if error is None:
+        if (error is None) or self._topic_gone(error, message):
             acks.done()
-        elif error.code() in _TOPIC_GONE:
+
+    def _topic_gone(self, error: KafkaError, message: Message) -> bool:
+        """Whether a failed delivery failed for want of its reply topic; any other failure is logged and counted."""
+        if error.code() in _TOPIC_GONE:
             self._drop(message.topic() or "")
-            acks.done()
-        else:
-            # librdkafka retried until message.timeout.ms. The offset stays incomplete, so the
-            # commit holds below it and the task runs again after the partition moves on.
-            log.error("delivery to %s failed: %s", message.topic(), error.str())
-            WORKER_PRODUCE_ERRORS.inc()
+            return True
+        # librdkafka retried until message.timeout.ms. The offset stays incomplete, so the
+        # commit holds below it and the task runs again after the partition moves on.
+        log.error("delivery to %s failed: %s", message.topic(), error.str())
+        WORKER_PRODUCE_ERRORS.inc()
+        return False
 
     def _dead_lettered(self, acks: _Acks, error: KafkaError | None, message: Message) -> None:
         if error is None:

@@ -42,6 +42,7 @@ import socket
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
@@ -67,7 +68,8 @@ from shared.engine import Engine, TargetAllowlist, TlsConfig
 from shared.errors import BrokerUnavailable, ErrorCode, InvalidEnvelope, TopicMissing, TrsError
 from shared.models import CancelEnvelope, TaskEnvelope, TaskResult, error_result
 from shared.settings import KafkaSettings
-from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, KafkaHeaders, decode_consumed_task, message_headers
+from shared.task_decoder import TaskDecoder
+from shared.wire import CONTROL_TOPIC, DLQ_TOPIC, KafkaHeaders, message_headers
 
 __all__ = ["StartupTimeout", "Worker", "WorkerConfig"]
 
@@ -136,6 +138,9 @@ class Worker:
         self._ownership_changed = asyncio.Event()
         self._backlog = Backlog(config.worker.max_inflight)
         self._cancels = CancelRegistry()
+        self._decoder = TaskDecoder(max_message_bytes=config.worker.max_message_bytes)
+        #: The last deadline read and its ``time.time()`` value: a batch's tasks share one deadline object.
+        self._last_deadline: tuple[datetime | None, float] = (None, 0.0)
         self._counts: dict[str, int] = {}
         #: The runners busy with each batch's tasks, so a cancel order can cut them.
         self._running: dict[str, set[asyncio.Task[Any]]] = {}
@@ -445,9 +450,8 @@ class Worker:
         if ownership is not Ownership.OWNED and not await self._wait_for_ownership(record):
             # The partition was revoked while this waited; its next owner runs it.
             return
-        limit = self.config.worker.max_message_bytes
         try:
-            envelope = decode_consumed_task(record.message.value(), headers, max_message_bytes=limit)
+            envelope = self._decoder.decode(record.message.value(), headers)
         except InvalidEnvelope as exc:
             await self._replies.dead_letter(record, headers, DeadLetter.invalid(exc))
             self._count(ErrorCode.INVALID_TASK.value)
@@ -459,7 +463,7 @@ class Worker:
             else:
                 running = self._start_running(batch_id, runner)
                 try:
-                    result = await self._engine.run(envelope.task, deadline=_monotonic_deadline(envelope))
+                    result = await self._engine.run(envelope.task, deadline=self._monotonic_deadline(envelope))
                 except asyncio.CancelledError:
                     result = await self._cut(record, envelope, runner)
                 finally:
@@ -472,6 +476,15 @@ class Worker:
                 await later
         except Exception as exc:
             await self._failed(record, headers, exc, envelope)
+
+    def _monotonic_deadline(self, envelope: TaskEnvelope) -> float:
+        deadline = envelope.deadline
+        last, timestamp = self._last_deadline
+        if deadline is not last:
+            # An aware datetime's timestamp() costs a few microseconds; the tasks decoded from one template share it.
+            timestamp = deadline.timestamp()
+            self._last_deadline = (deadline, timestamp)
+        return time.monotonic() + (timestamp - time.time())
 
     def _start_running(self, batch_id: str, runner: asyncio.Task[Any]) -> set[asyncio.Task[Any]]:
         """Note that ``runner`` runs a task of ``batch_id``, so a cancel order for it can cut the runner."""
@@ -552,10 +565,6 @@ class Worker:
 def _completed_counter(outcome: str) -> Counter:
     # labels() looks the child up under a lock on every call; the outcomes are few.
     return WORKER_TASKS_COMPLETED.labels(outcome)
-
-
-def _monotonic_deadline(envelope: TaskEnvelope) -> float:
-    return time.monotonic() + (envelope.deadline.timestamp() - time.time())
 
 
 def _error_result(envelope: TaskEnvelope, code: ErrorCode) -> TaskResult:

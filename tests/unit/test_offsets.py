@@ -133,13 +133,30 @@ def test_revoke_returns_what_is_safe_to_commit() -> None:
     assert tracker.assigned() == []
 
 
-def test_a_consumed_batch_is_tracked_in_order_with_each_offset_s_epoch() -> None:
+def test_a_consumed_batch_is_tracked_in_runs_with_each_run_s_epoch() -> None:
     tracker = OffsetTracker()
     tracker.assign([("t", 0), ("t", 1)])
-    epochs = tracker.track_batch([(("t", 0), 5), (("t", 1), 7), (("gone", 0), 1), (("t", 0), 6)])
+    epochs = tracker.track_runs([(("t", 0), [5]), (("t", 1), [7, 8]), (("gone", 0), [1]), (("t", 0), [6])])
 
     assert epochs[2] is None
     assert epochs[0] == epochs[3] != epochs[1]
     assert (epochs[0] is not None) and (epochs[1] is not None)
     assert tracker.mark_done(("t", 0), 5, epochs[0])
-    assert sorted((c.partition, c.offset) for c in tracker.commits_due()) == [(0, 6), (1, 7)]
+    assert tracker.mark_done(("t", 1), 7, epochs[1])
+    assert sorted((c.partition, c.offset) for c in tracker.commits_due()) == [(0, 6), (1, 8)]
+
+
+@given(st.lists(st.lists(st.integers(0, 30), min_size=1, max_size=6), min_size=1, max_size=8))
+def test_a_run_is_tracked_as_its_offsets_one_by_one(runs: list[list[int]]) -> None:
+    one_by_one, in_runs = PartitionOffsets(epoch=1), PartitionOffsets(epoch=1)
+    for run in runs:
+        for offset in run:
+            one_by_one.track(offset)
+        in_runs.track_run(run)
+
+        assert in_runs.highest_seen == one_by_one.highest_seen
+        assert in_runs.incomplete_count == one_by_one.incomplete_count
+        assert in_runs.next_commit_offset() == one_by_one.next_commit_offset()
+    for offset in sorted({o for run in runs for o in run}):
+        assert in_runs.mark_done(offset) == one_by_one.mark_done(offset)
+        assert in_runs.next_commit_offset() == one_by_one.next_commit_offset()

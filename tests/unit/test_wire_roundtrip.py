@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.engine import DEFAULT_MAX_RESPONSE_BYTES
 from shared.models import HttpResponse, ResultEnvelope, TaskEnvelope, TaskResult
@@ -16,10 +17,11 @@ from shared.wire import (
     decode_result,
     decode_task,
     encode_result,
+    encode_result_of,
     encode_task,
     header_value,
 )
-from tests.strategies import result_envelopes, task_envelopes
+from tests.strategies import result_envelopes, results, task_envelopes
 
 
 @settings(max_examples=300)
@@ -49,6 +51,26 @@ def test_result_envelope_round_trip(envelope: ResultEnvelope) -> None:
         assert decoded.result.response is not None
         assert decoded.result.response.body == envelope.result.response.body
         assert decoded.result.response.headers == envelope.result.response.headers
+
+
+_text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    results,
+    st.floats(0, 1e6, allow_nan=False, allow_infinity=False),
+    st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=64),
+    st.none() | _text,
+)
+def test_a_result_encoded_without_its_envelope_model_is_the_same_bytes(
+    result: TaskResult, elapsed: float, batch_id: str, worker: str | None
+) -> None:
+    result = TaskResult(result.task_id, result.response, result.error, result.attempts, elapsed, result.labels)
+
+    assert encode_result_of(batch_id, result, worker) == encode_result(
+        ResultEnvelope(batch_id=batch_id, result=result, worker=worker)
+    )
 
 
 def test_binary_body_and_repeated_unicode_headers_survive() -> None:

@@ -253,7 +253,7 @@ async def test_an_exception_before_the_task_is_read_still_dead_letters_the_recor
     def broken(*args: object, **kwargs: object) -> TaskEnvelope:
         raise MemoryError("no room")
 
-    monkeypatch.setattr("consumer.worker.decode_consumed_task", broken)
+    monkeypatch.setattr(harness.worker._decoder, "decode", broken)
     _, value, headers = _task()
 
     with caplog.at_level(logging.ERROR, logger="consumer.worker"):
@@ -374,7 +374,7 @@ async def test_an_internal_failure_after_unreadable_headers_reads_them_no_more(
     def broken(*args: object, **kwargs: object) -> TaskEnvelope:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr("consumer.worker.decode_consumed_task", broken)
+    monkeypatch.setattr(harness.worker._decoder, "decode", broken)
     _, value, _ = _task()
     offset = harness.feed(value, unreadable=True)
     await harness.settle(1)
