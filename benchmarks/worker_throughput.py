@@ -1,14 +1,20 @@
-"""Throughput of ``trs-worker`` draining a preloaded request topic, against local mode, on one loopback nginx.
+"""Throughput of ``trs-worker`` draining a preloaded request topic, against local mode and against a worker with no
+TRS code, on one loopback nginx.
 
 One run starts nginx (its tiny ``/`` body) and the embedded broker (Tansu, in memory) once, then measures:
 
 - ``worker1``: ``--tasks`` GET tasks are preloaded on a fresh request topic, then one ``python -m consumer``
   subprocess, started with real flags, drains them;
+- ``bare``: the same with one ``python -m benchmarks.bare_worker`` subprocess instead, a worker with no TRS code
+  that does only what a task's contract requires, with the worker's Kafka properties and the same result bytes
+  (see that module): the floor of a Python worker's CPU per task on this machine, given as
+  ``ratio_worker1_cpu_vs_bare``;
 - ``worker2``: the same on another fresh request topic, with two worker subprocesses in one consumer group;
 - ``local``: a child process runs the same number of tasks through ``TaskRunner(mode="local")``.
 
 Every side uses the same transport (pyreqwest), the same event loop (uvloop when installed) and the same
-concurrency: ``--max-inflight`` for each worker, ``max_inflight`` for the runner (``--concurrency``, 100).
+concurrency: ``--max-inflight`` for each worker (the bare worker's ``--concurrency``), ``max_inflight`` for the
+runner (``--concurrency``, 100).
 Each worker run gets a fresh service (a request topic of ``DEFAULT_REQUEST_PARTITIONS`` partitions), a fresh
 consumer group and a fresh batch whose reply topic is created the way a client creates it. Tasks are keyed by
 task id, so they spread evenly over the partitions.
@@ -27,13 +33,14 @@ The local rate is measured as in ``benchmarks.local_throughput``: in a fresh chi
 measured rounds of ``--tasks`` tasks on one runner; each round's clock covers ``launch`` until the last result.
 The worker side gets no warm-up, so the ratio leans, if anything, against the worker.
 
-The machine is shared, so wall-clock rates are noisy. A full run repeats the three runs ``--repeat`` times,
-interleaved, and reports the median drain and the median local round; ``--quick`` runs each once. Each figure
+The bare worker is timed and measured exactly as ``worker1``. The machine is shared, so wall-clock rates are
+noisy. A full run repeats the four runs ``--repeat`` times, interleaved, and reports the median drain and the
+median local round; ``--quick`` runs each once. Each figure
 also comes with CPU microseconds per task: of the worker processes and of their event-loop threads alone (the
 bottleneck: the hot path runs there), of the broker and of nginx over the same span, and of the local child and
 its event-loop thread. Those move far less with the machine's load than rates do. ``thread_cpu_us_per_task``
 splits the workers' CPU by kind of thread (``main``, ``pyreqwest``'s runtime, librdkafka's ``rdk:*``, ``python``
-for the fetcher and the other Python threads), which says where the CPU outside the event loop goes.
+for the fetchers and the other Python threads), which says where the CPU outside the event loop goes.
 
     python -m benchmarks.worker_throughput            # full run: 50,000 tasks, three times
     python -m benchmarks.worker_throughput --quick    # 10,000 tasks once: under a minute
@@ -78,7 +85,7 @@ from shared.models import HttpRequest, Task, TaskEnvelope
 from shared.wire import decode_result, encode_task, new_batch_id, reply_topic, request_topic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RUNS = ("worker1", "worker2", "local")
+RUNS = ("worker1", "bare", "worker2", "local")
 SERVICE_PREFIX = "wbench"
 TRANSPORT = "pyreqwest"
 #: Tansu forms a group in about half the session timeout; the integration tests use the same.
@@ -100,7 +107,7 @@ class Plan:
     """How many tasks each run has, how often it repeats, and the local child's rounds."""
 
     tasks: int
-    #: Each repetition drains once with one worker, once with two, then runs a local child.
+    #: Each repetition drains once with one worker, once with a bare worker, once with two, then runs a local child.
     repeat: int
     #: Measured local rounds per child, after a warm-up pass of ``local_warmup`` tasks.
     local_rounds: int
@@ -301,23 +308,35 @@ def _preload(bootstrap: str, setup: Setup, url: str, count: int) -> None:
 
 
 class WorkerProcess:
-    """One ``python -m consumer`` subprocess with real flags, logging to a file."""
+    """One ``python -m consumer`` subprocess with real flags (or, ``bare``, one ``python -m benchmarks.bare_worker``),
+    logging to a file."""
 
-    def __init__(self, bootstrap: str, setup: Setup, concurrency: int, log_path: Path) -> None:
+    def __init__(self, bootstrap: str, setup: Setup, concurrency: int, log_path: Path, *, bare: bool = False) -> None:
         self.port = free_port()
         self.log_path = log_path
-        flags: dict[str, object] = {
-            "bootstrap-servers": bootstrap,
-            "group-id": setup.group_id,
-            "topics": setup.request_topic,
-            "host": "127.0.0.1",
-            "port": self.port,
-            "max-inflight": concurrency,
-            "transport": TRANSPORT,
-            "session-timeout-ms": SESSION_TIMEOUT_MS,
-            "log-format": "json",
-        }
-        command = [sys.executable, "-m", "consumer"]
+        flags: dict[str, object]
+        if bare:
+            flags = {
+                "bootstrap-servers": bootstrap,
+                "group-id": setup.group_id,
+                "topic": setup.request_topic,
+                "port": self.port,
+                "concurrency": concurrency,
+                "session-timeout-ms": SESSION_TIMEOUT_MS,
+            }
+        else:
+            flags = {
+                "bootstrap-servers": bootstrap,
+                "group-id": setup.group_id,
+                "topics": setup.request_topic,
+                "host": "127.0.0.1",
+                "port": self.port,
+                "max-inflight": concurrency,
+                "transport": TRANSPORT,
+                "session-timeout-ms": SESSION_TIMEOUT_MS,
+                "log-format": "json",
+            }
+        command = [sys.executable, "-m", "benchmarks.bare_worker" if bare else "consumer"]
         for name, value in flags.items():
             command += [f"--{name}", str(value)]
         self._log = log_path.open("wb")
@@ -547,15 +566,19 @@ def run_workers(
     concurrency: int,
     log_dir: Path,
     profile: Profile | None,
+    bare: bool = False,
 ) -> DrainReport:
-    """Preload a fresh request topic, drain it with ``workers`` worker processes, time it from the results."""
-    label = f"worker{workers}"
+    """Preload a fresh request topic, drain it with ``workers`` worker processes (``bare``: bare workers), time it
+    from the results."""
+    label = "bare" if bare else f"worker{workers}"
     setup = _new_setup(admin, label)
     label += f"-{uuid.uuid4().hex[:4]}"
     _preload(bootstrap, setup, url, plan.tasks)
     started = time.monotonic()
     # Started together, so they join the group in one rebalance.
-    processes = [WorkerProcess(bootstrap, setup, concurrency, log_dir / f"{label}-{n}.log") for n in range(workers)]
+    processes = [
+        WorkerProcess(bootstrap, setup, concurrency, log_dir / f"{label}-{n}.log", bare=bare) for n in range(workers)
+    ]
     try:
         with _profiled(processes, profile, label):
             pending = list(processes)
@@ -605,6 +628,7 @@ def summarize(
     """The figures: each rate is the median over the run's drains (workers) or rounds (local)."""
     worker1 = _median([d.tps for d in drains.get("worker1", [])])
     worker2 = _median([d.tps for d in drains.get("worker2", [])])
+    bare = _median([d.tps for d in drains.get("bare", [])])
     local_tps = _median([tps for report in local for tps in report.rounds_tps])
 
     def cpu(pick: str) -> dict[str, float | None]:
@@ -613,18 +637,22 @@ def summarize(
             figures["local"] = _median([getattr(report, pick) for report in local])
         return figures
 
+    cpu_us_per_task = cpu("cpu_us_per_task")
     return {
         "worker1_tps": worker1,
         "worker2_tps": worker2,
+        "bare_tps": bare,
         "local_tps": local_tps,
         "ratio_worker1_vs_local": _ratio(worker1, local_tps),
         "ratio_worker2_vs_local": _ratio(worker2, local_tps),
         "ratio_worker2_vs_worker1": _ratio(worker2, worker1),
+        "ratio_worker1_cpu_vs_bare": _ratio(cpu_us_per_task.get("worker1"), cpu_us_per_task.get("bare")),
         "worker1_drains_tps": [d.tps for d in drains.get("worker1", [])],
         "worker2_drains_tps": [d.tps for d in drains.get("worker2", [])],
+        "bare_drains_tps": [d.tps for d in drains.get("bare", [])],
         "local_rounds_tps": [tps for report in local for tps in report.rounds_tps],
         "worker2_split": [d.split for d in drains.get("worker2", [])],
-        "cpu_us_per_task": cpu("cpu_us_per_task"),
+        "cpu_us_per_task": cpu_us_per_task,
         "loop_cpu_us_per_task": cpu("loop_cpu_us_per_task"),
         "broker_cpu_us_per_task": cpu("broker_cpu_us_per_task"),
         "nginx_cpu_us_per_task": cpu("nginx_cpu_us_per_task"),
@@ -663,7 +691,7 @@ def _print_local(local: LocalReport, concurrency: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="trs-worker drain throughput against TRS local mode.")
+    parser = argparse.ArgumentParser(description="trs-worker drain throughput against local mode and a bare worker.")
     parser.add_argument("--quick", action="store_true", help="fewer tasks, no repeats: under a minute")
     parser.add_argument("--tasks", type=int, default=None, help="tasks per run (default 50,000; 10,000 with --quick)")
     parser.add_argument("--repeat", type=int, default=None, help="repetitions of the runs (default 3; 1 with --quick)")
@@ -715,16 +743,16 @@ def main() -> None:
                     local.append(_spawn_local(url, plan, args.concurrency))
                     _print_local(local[-1], args.concurrency)
                     continue
-                workers = int(run.removeprefix("worker"))
                 drain = run_workers(
                     bootstrap,
                     admin,
                     url,
                     plan,
-                    workers=workers,
+                    workers=1 if run == "bare" else int(run.removeprefix("worker")),
                     concurrency=args.concurrency,
                     log_dir=log_dir,
                     profile=profile,
+                    bare=run == "bare",
                 )
                 drains.setdefault(run, []).append(drain)
                 _print_drain(run, drain, args.concurrency)
