@@ -252,12 +252,10 @@ class Replies:
             self._drop(reply_topic)
             self._tracker.mark_done(record.key, record.offset, record.epoch)
             return True
-        value, headers = self._encode(batch_id, result)
+        value, headers, key = self._encode(batch_id, result)
         try:
             on_delivery = partial(self._result_delivered, record)
-            return try_produce(
-                self._producer, reply_topic, value, key=_key(result), headers=headers, on_delivery=on_delivery
-            )
+            return try_produce(self._producer, reply_topic, value, key=key, headers=headers, on_delivery=on_delivery)
         except KafkaException as exc:
             self._produce_failed(record, reply_topic, exc)
             return True
@@ -268,13 +266,13 @@ class Replies:
             self._drop(reply_topic)
             self._tracker.mark_done(record.key, record.offset, record.epoch)
             return
-        value, headers = self._encode(batch_id, result)
+        value, headers, key = self._encode(batch_id, result)
         try:
             await produce(
                 self._producer,
                 reply_topic,
                 value,
-                key=_key(result),
+                key=key,
                 headers=headers,
                 on_delivery=partial(self._result_delivered, record),
             )
@@ -345,11 +343,14 @@ class Replies:
         if batch_id is None or not await self._topics.exists(letter.reply_topic):
             return None
         result = TaskResult(uuid.UUID(letter.task_id), error=TaskError.of(letter.code))
-        value, headers = self._encode(batch_id, result)
-        return letter.reply_topic, value, headers, letter.task_id.encode()
+        value, headers, key = self._encode(batch_id, result)
+        return letter.reply_topic, value, headers, key
 
-    def _encode(self, batch_id: str, result: TaskResult) -> tuple[bytes, list[tuple[str, str | bytes | None]]]:
-        value, headers = encode_result_of(batch_id, result, self._worker_name)
+    def _encode(self, batch_id: str, result: TaskResult) -> tuple[bytes, KafkaHeaders, bytes]:
+        """A result record's value, headers and key (its task id)."""
+        # The task id's text is both the key and a header: UUID.__str__ is Python code, so it runs once.
+        key = str(result.task_id).encode()
+        value, headers = encode_result_of(batch_id, result, self._worker_name, task_id=key)
         if len(value) > self._max_message_bytes:
             # Kafka would refuse it; the client still gets an outcome.
             log.warning("result of task %s is %d bytes, over the message limit", result.task_id, len(value))
@@ -361,8 +362,8 @@ class Replies:
                 result.elapsed,
                 result.labels,
             )
-            value, headers = encode_result_of(batch_id, too_large, self._worker_name)
-        return value, headers
+            value, headers = encode_result_of(batch_id, too_large, self._worker_name, task_id=key)
+        return value, headers, key
 
     def _result_delivered(self, record: Record, error: KafkaError | None, message: Message) -> None:
         """A result's delivery report: the result is all its record waits for, so no ``_Acks`` is kept for it."""
@@ -414,10 +415,6 @@ def _dead_letter_failed(acks: _Acks, error: str) -> None:
 def _code(exc: KafkaException) -> int | None:
     error = exc.args[0] if exc.args else None
     return error.code() if isinstance(error, KafkaError) else None
-
-
-def _key(result: TaskResult) -> bytes:
-    return str(result.task_id).encode()
 
 
 def _where(record: Record) -> str:

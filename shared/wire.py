@@ -321,9 +321,12 @@ def encode_result(envelope: ResultEnvelope) -> tuple[bytes, KafkaHeaders]:
     return _json(envelope), headers
 
 
-def encode_result_of(batch_id: str, result: TaskResult, worker: str | None) -> tuple[bytes, KafkaHeaders]:
+def encode_result_of(
+    batch_id: str, result: TaskResult, worker: str | None, *, task_id: bytes | None = None
+) -> tuple[bytes, KafkaHeaders]:
     """What ``encode_result`` makes of ``ResultEnvelope(batch_id=batch_id, result=result, worker=worker)``, byte
-    for byte, without building the envelope.
+    for byte, without building the envelope. ``task_id`` is ``str(result.task_id).encode()``, for a caller that
+    has it already (a worker keys the result's record by it too).
 
     A worker encodes one result per task. The envelope model validated the result again, and its
     serializer took longer than the result's own (12.8 µs per result in all against 6.7, measured): here the
@@ -332,7 +335,9 @@ def encode_result_of(batch_id: str, result: TaskResult, worker: str | None) -> t
     """
     around = _envelope_around(batch_id, worker)
     value = around[0] + _RESULT_SERIALIZER.to_json(result) + around[1]
-    return value, [*around[2], (HEADER_TASK_ID, str(result.task_id).encode())]
+    if task_id is None:
+        task_id = str(result.task_id).encode()
+    return value, [*around[2], (HEADER_TASK_ID, task_id)]
 
 
 _RESULT_SERIALIZER: Final = TypeAdapter(TaskResult).serializer

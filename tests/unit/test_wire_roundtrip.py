@@ -68,9 +68,9 @@ def test_a_result_encoded_without_its_envelope_model_is_the_same_bytes(
 ) -> None:
     result = TaskResult(result.task_id, result.response, result.error, result.attempts, elapsed, result.labels)
 
-    assert encode_result_of(batch_id, result, worker) == encode_result(
-        ResultEnvelope(batch_id=batch_id, result=result, worker=worker)
-    )
+    reference = encode_result(ResultEnvelope(batch_id=batch_id, result=result, worker=worker))
+    assert encode_result_of(batch_id, result, worker) == reference
+    assert encode_result_of(batch_id, result, worker, task_id=str(result.task_id).encode()) == reference
 
 
 def test_binary_body_and_repeated_unicode_headers_survive() -> None:
