@@ -10,6 +10,8 @@ One run starts nginx (its tiny ``/`` body) and the embedded broker (Tansu, in me
   (see that module): the floor of a Python worker's CPU per task on this machine, given as
   ``ratio_worker1_cpu_vs_bare``;
 - ``worker2``: the same on another fresh request topic, with two worker subprocesses in one consumer group;
+- ``instant`` (only when asked for with ``--runs``): one ``python -m benchmarks.instant_worker`` subprocess, the
+  worker with a transport that answers at once, so its CPU per task is the worker's own, without the requests;
 - ``local``: a child process runs the same number of tasks through ``TaskRunner(mode="local")``.
 
 Every side uses the same transport (pyreqwest), the same event loop (uvloop when installed) and the same
@@ -86,6 +88,10 @@ from shared.wire import decode_result, encode_task, new_batch_id, reply_topic, r
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNS = ("worker1", "bare", "worker2", "local")
+#: Runs that are only made when ``--runs`` names them.
+EXTRA_RUNS = ("instant",)
+#: The module each kind of worker run starts; the bare worker takes flags of its own.
+PROGRAMS = {"worker": "consumer", "bare": "benchmarks.bare_worker", "instant": "benchmarks.instant_worker"}
 SERVICE_PREFIX = "wbench"
 TRANSPORT = "pyreqwest"
 #: Tansu forms a group in about half the session timeout; the integration tests use the same.
@@ -308,14 +314,15 @@ def _preload(bootstrap: str, setup: Setup, url: str, count: int) -> None:
 
 
 class WorkerProcess:
-    """One ``python -m consumer`` subprocess with real flags (or, ``bare``, one ``python -m benchmarks.bare_worker``),
-    logging to a file."""
+    """One ``python -m consumer`` subprocess with real flags (or another of ``PROGRAMS``), logging to a file."""
 
-    def __init__(self, bootstrap: str, setup: Setup, concurrency: int, log_path: Path, *, bare: bool = False) -> None:
+    def __init__(
+        self, bootstrap: str, setup: Setup, concurrency: int, log_path: Path, *, program: str = "worker"
+    ) -> None:
         self.port = free_port()
         self.log_path = log_path
         flags: dict[str, object]
-        if bare:
+        if program == "bare":
             flags = {
                 "bootstrap-servers": bootstrap,
                 "group-id": setup.group_id,
@@ -336,7 +343,7 @@ class WorkerProcess:
                 "session-timeout-ms": SESSION_TIMEOUT_MS,
                 "log-format": "json",
             }
-        command = [sys.executable, "-m", "benchmarks.bare_worker" if bare else "consumer"]
+        command = [sys.executable, "-m", PROGRAMS[program]]
         for name, value in flags.items():
             command += [f"--{name}", str(value)]
         self._log = log_path.open("wb")
@@ -566,18 +573,19 @@ def run_workers(
     concurrency: int,
     log_dir: Path,
     profile: Profile | None,
-    bare: bool = False,
+    program: str = "worker",
 ) -> DrainReport:
-    """Preload a fresh request topic, drain it with ``workers`` worker processes (``bare``: bare workers), time it
+    """Preload a fresh request topic, drain it with ``workers`` processes of ``program`` (see ``PROGRAMS``), time it
     from the results."""
-    label = "bare" if bare else f"worker{workers}"
+    label = f"worker{workers}" if program == "worker" else program
     setup = _new_setup(admin, label)
     label += f"-{uuid.uuid4().hex[:4]}"
     _preload(bootstrap, setup, url, plan.tasks)
     started = time.monotonic()
     # Started together, so they join the group in one rebalance.
     processes = [
-        WorkerProcess(bootstrap, setup, concurrency, log_dir / f"{label}-{n}.log", bare=bare) for n in range(workers)
+        WorkerProcess(bootstrap, setup, concurrency, log_dir / f"{label}-{n}.log", program=program)
+        for n in range(workers)
     ]
     try:
         with _profiled(processes, profile, label):
@@ -647,6 +655,7 @@ def summarize(
         "ratio_worker2_vs_local": _ratio(worker2, local_tps),
         "ratio_worker2_vs_worker1": _ratio(worker2, worker1),
         "ratio_worker1_cpu_vs_bare": _ratio(cpu_us_per_task.get("worker1"), cpu_us_per_task.get("bare")),
+        "instant_tps": _median([d.tps for d in drains.get("instant", [])]),
         "worker1_drains_tps": [d.tps for d in drains.get("worker1", [])],
         "worker2_drains_tps": [d.tps for d in drains.get("worker2", [])],
         "bare_drains_tps": [d.tps for d in drains.get("bare", [])],
@@ -696,7 +705,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=None, help="tasks per run (default 50,000; 10,000 with --quick)")
     parser.add_argument("--repeat", type=int, default=None, help="repetitions of the runs (default 3; 1 with --quick)")
     parser.add_argument("--concurrency", type=int, default=100, help="max in flight, for each worker and for local")
-    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {', '.join(RUNS)}")
+    parser.add_argument(
+        "--runs", default=",".join(RUNS), help=f"comma-separated subset of {', '.join(RUNS + EXTRA_RUNS)}"
+    )
     parser.add_argument("--profile", type=Path, default=None, help="record each worker with py-spy into this directory")
     parser.add_argument("--profile-format", choices=("flamegraph", "raw", "speedscope"), default="flamegraph")
     parser.add_argument("--profile-args", default="", help='more py-spy record flags, e.g. "--gil --native --rate 500"')
@@ -720,7 +731,7 @@ def main() -> None:
         return
 
     runs = [r.strip() for r in args.runs.split(",") if r.strip()]
-    unknown = sorted(set(runs) - set(RUNS))
+    unknown = sorted(set(runs) - set(RUNS + EXTRA_RUNS))
     if unknown:
         parser.error(f"unknown runs: {', '.join(unknown)}")
     profile = None
@@ -748,11 +759,11 @@ def main() -> None:
                     admin,
                     url,
                     plan,
-                    workers=1 if run == "bare" else int(run.removeprefix("worker")),
+                    workers=int(run.removeprefix("worker")) if run.startswith("worker") else 1,
                     concurrency=args.concurrency,
                     log_dir=log_dir,
                     profile=profile,
-                    bare=run == "bare",
+                    program="worker" if run.startswith("worker") else run,
                 )
                 drains.setdefault(run, []).append(drain)
                 _print_drain(run, drain, args.concurrency)
