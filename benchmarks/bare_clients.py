@@ -20,9 +20,12 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from benchmarks.nginx_target import loopback_addresses, nginx_target, spread_urls
+
+if TYPE_CHECKING:
+    from pyreqwest.response import Response
 
 T = TypeVar("T")
 
@@ -88,6 +91,26 @@ async def bare_aiohttp(urls: list[str], concurrency: int, *, request_timeout: fl
                 return 200 <= response.status < 300
 
         return await _drive(urls, concurrency, fetch)
+
+
+class BodyTooLarge(ValueError):
+    """A response body over the cap ``read_capped`` reads up to."""
+
+
+async def read_capped(response: Response, max_bytes: int) -> bytes:
+    """A streamed pyreqwest response's body read as TRS's contract reads it: refused once over ``max_bytes``, in
+    one read when its length is declared, else chunk by chunk."""
+    length = response.get_header("content-length")
+    if (length is not None) and length.isdigit():
+        if int(length) > max_bytes:
+            raise BodyTooLarge(f"body of {length} bytes, over {max_bytes}")
+        return bytes(await response.bytes())
+    chunks = bytearray()
+    while (chunk := await response.body_reader.read_chunk()) is not None:
+        chunks += chunk
+        if len(chunks) > max_bytes:
+            raise BodyTooLarge(f"body over {max_bytes} bytes")
+    return bytes(chunks)
 
 
 async def bare_pyreqwest(urls: list[str], concurrency: int, *, request_timeout: float = DEFAULT_TIMEOUT) -> int:

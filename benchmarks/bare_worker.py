@@ -45,7 +45,7 @@ import pyreqwest.exceptions as pyreqwest_errors
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from pyreqwest.client import ClientBuilder
 
-from benchmarks.bare_clients import run_on_loop
+from benchmarks.bare_clients import BodyTooLarge, read_capped, run_on_loop
 
 log = logging.getLogger("bare_worker")
 
@@ -246,10 +246,6 @@ class Fetcher:
                 self._loop.call_soon_threadsafe(self.on_records, records)
 
 
-class _TooLarge(Exception):
-    pass
-
-
 Fetch = Callable[[str, float], Awaitable[tuple[int, list[tuple[str, str]], bytes]]]
 
 
@@ -260,25 +256,14 @@ async def _http(concurrency: int) -> AsyncIterator[Fetch]:
 
         async def fetch(url: str, timeout: float) -> tuple[int, list[tuple[str, str]], bytes]:
             async with client.get(url).timeout(timedelta(seconds=timeout)).build_streamed() as response:
-                length = response.get_header("content-length")
-                if (length is not None) and length.isdigit():
-                    if int(length) > MAX_BODY_BYTES:
-                        raise _TooLarge
-                    body = bytes(await response.bytes())
-                else:
-                    chunks = bytearray()
-                    while (chunk := await response.body_reader.read_chunk()) is not None:
-                        chunks += chunk
-                        if len(chunks) > MAX_BODY_BYTES:
-                            raise _TooLarge
-                    body = bytes(chunks)
+                body = await read_capped(response, MAX_BODY_BYTES)
                 return response.status, list(response.headers.items()), body
 
         yield fetch
 
 
 def _error_code(exc: Exception) -> str:
-    if isinstance(exc, _TooLarge):
+    if isinstance(exc, BodyTooLarge):
         return "response_too_large"
     if isinstance(exc, pyreqwest_errors.RequestTimeoutError | pyreqwest_errors.ConnectTimeoutError | TimeoutError):
         return "timeout"

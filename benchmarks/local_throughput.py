@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bare_clients import _drive as drive
-from benchmarks.bare_clients import loop_name, peak_rss_mib, run_on_loop
+from benchmarks.bare_clients import loop_name, peak_rss_mib, read_capped, run_on_loop
 from benchmarks.nginx_target import nginx_target, spread_urls
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -220,18 +220,7 @@ async def _contract_fetcher(concurrency: int, kept: list[Kept]) -> AsyncIterator
 
         async def fetch_contract(url: str) -> bool:
             async with client.get(url).timeout(timeout).build_streamed() as response:
-                length = response.get_header("content-length")
-                if (length is not None) and length.isdigit():
-                    if int(length) > MAX_BODY_BYTES:
-                        raise ValueError(f"body of {length} bytes, over {MAX_BODY_BYTES}")
-                    body = bytes(await response.bytes())
-                else:
-                    chunks = bytearray()
-                    while (chunk := await response.body_reader.read_chunk()) is not None:
-                        chunks += chunk
-                        if len(chunks) > MAX_BODY_BYTES:
-                            raise ValueError(f"body over {MAX_BODY_BYTES} bytes")
-                    body = bytes(chunks)
+                body = await read_capped(response, MAX_BODY_BYTES)
                 kept.append((response.status, list(response.headers.items()), body))
                 return _is_2xx(response.status)
 
