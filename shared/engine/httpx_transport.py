@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from shared.engine.transport import TlsConfig, Transport, chain_has_ssl_error
+from shared.engine.transport import TlsConfig, Transport, chain_has_ssl_error, shared_header
 from shared.errors import ConnectFailed, InternalError, ResponseTooLarge, TaskTimeout, TlsFailed
 from shared.models import HttpRequest, HttpResponse, TransportPolicy
 from shared.redaction import RedactingFilter
@@ -115,7 +115,7 @@ class HttpxTransport(Transport):
                 await response.aclose()
         return HttpResponse(
             response.status_code,
-            tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw),
+            tuple(shared_header((k.decode("latin-1"), v.decode("latin-1"))) for k, v in response.headers.raw),
             bytes(body),
         )
 

@@ -22,7 +22,7 @@ from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.request import StreamRequest
 from pyreqwest.response import Response
 
-from shared.engine.transport import TlsConfig, Transport
+from shared.engine.transport import TlsConfig, Transport, shared_header
 from shared.errors import ConnectFailed, InternalError, ResponseTooLarge, TaskFailed, TaskTimeout, TlsFailed
 from shared.models import HttpRequest, HttpResponse, TransportPolicy
 
@@ -144,7 +144,7 @@ class PyreqwestTransport(Transport):
                     body = bytes(await response.bytes())
                 else:
                     body = await _read_counted(response, max_body_bytes)
-                return HttpResponse(response.status, tuple(response.headers.items()), body)
+                return HttpResponse(response.status, tuple(map(shared_header, response.headers.items())), body)
         except TaskFailed:
             raise
         except Exception as exc:
