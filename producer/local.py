@@ -107,8 +107,9 @@ class LocalBackend(Backend):
             while queue:
                 task = queue.popleft()
                 try:
-                    # The deadline counts from launch, as in remote mode, where queue time counts too.
-                    result = await engine.run(task, deadline=launched_at + task.timeout)
+                    # The deadline counts from launch, as in remote mode, where queue time counts too. The
+                    # timeout is read from the task's dict, as the engine reads its fields (it says why).
+                    result = await engine.run(task, deadline=launched_at + task.__dict__["timeout"])
                 except Exception:
                     log.exception("engine failed on task %s", task.id)
                     result = error_result(task, ErrorCode.INTERNAL)

@@ -16,6 +16,7 @@ import logging
 import socket
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pyreqwest.exceptions as pyreqwest_errors
 from pyreqwest.client import Client, ClientBuilder
@@ -131,7 +132,7 @@ class PyreqwestTransport(Transport):
     async def send(
         self, request: HttpRequest, *, user_agent: str | None, max_body_bytes: int, timeout: float
     ) -> HttpResponse:
-        streamed = self._build(request, user_agent, timeout)
+        streamed = self._build(request.__dict__, user_agent, timeout)
         try:
             async with streamed as response:
                 length = response.get_header("content-length")
@@ -151,16 +152,22 @@ class PyreqwestTransport(Transport):
             # A plain try rather than a @contextmanager, which costs a generator and four calls per request.
             raise _engine_error(exc) from exc
 
-    def _build(self, request: HttpRequest, user_agent: str | None, timeout: float) -> StreamRequest:
-        # The builder is dropped on return rather than held for as long as the request is in
-        # flight: one object fewer per request for the garbage collector to carry along.
-        builder = self._client.request(request.method, request.url).timeout(_MICROSECOND * int(timeout * 1_000_000))
-        if request.headers:
-            builder.headers(request.headers)
+    def _build(self, request: dict[str, Any], user_agent: str | None, timeout: float) -> StreamRequest:
+        """The streamed request for an ``HttpRequest``'s fields (its ``__dict__``: see ``shared.engine.engine``).
+
+        The builder is dropped on return rather than held for as long as the request is in flight:
+        one object fewer per request for the garbage collector to carry along.
+        """
+        builder = self._client.request(request["method"], request["url"])
+        builder.timeout(_MICROSECOND * int(timeout * 1_000_000))
+        headers = request["headers"]
+        if headers:
+            builder.headers(headers)
         if user_agent is not None:
             builder.header("User-Agent", user_agent)
-        if request.body:
-            builder.body_bytes(request.body)
+        body = request["body"]
+        if body:
+            builder.body_bytes(body)
         return builder.build_streamed()
 
     async def aclose(self) -> None:
