@@ -13,8 +13,12 @@ charged to building rather than brought forward into the clock (see ``benchmarks
 starts from a collected heap too. The bare loop's time includes building and closing its client, which is small next
 to the run.
 
-    python -m benchmarks.local_concurrency            # 100,000 tasks, cap 16,000
-    python -m benchmarks.local_concurrency --quick    # 20,000 tasks, cap 3,200: the same ideal, under a minute
+This machine's speed drifts by a third from minute to minute, and one run of each side moved ``ratio_vs_bare``
+between 1.04 and 1.20 within an hour. So a full run repeats the pair (``--repeat``, default 3), TRS and bare taking
+turns, and a side's figure is the median over its processes; its peak RSS is the highest.
+
+    python -m benchmarks.local_concurrency            # 100,000 tasks, cap 16,000, each side 3 times
+    python -m benchmarks.local_concurrency --quick    # 20,000 tasks, cap 3,200, once: the same ideal, under a minute
 
 The last line of stdout is one JSON object with the figures.
 """
@@ -26,6 +30,7 @@ import collections
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -135,6 +140,26 @@ def _spawn(run: str, base_urls: list[str], tasks: int, cap: int, *, use_uvloop: 
     return ChildReport(**json.loads(lines[-1]))
 
 
+def combine(reports: list[ChildReport]) -> ChildReport:
+    """One side's processes as one report: the median of their times, the highest peak RSS, every outcome."""
+    first = reports[0]
+    outcomes: collections.Counter[str] = collections.Counter()
+    for report in reports:
+        outcomes.update(report.outcomes)
+    builds = [r.build_seconds for r in reports if r.build_seconds is not None]
+    return ChildReport(
+        run=first.run,
+        loop=first.loop,
+        tasks=first.tasks,
+        cap=first.cap,
+        ok=min(r.ok for r in reports),
+        seconds=round(statistics.median(r.seconds for r in reports), 3),
+        build_seconds=round(statistics.median(builds), 3) if builds else None,
+        peak_rss_mib=max(r.peak_rss_mib for r in reports),
+        outcomes=dict(outcomes),
+    )
+
+
 def summarize(reports: dict[str, ChildReport], *, tasks: int, cap: int) -> dict[str, Any]:
     trs = reports.get("trs")
     bare = reports.get("bare")
@@ -164,6 +189,9 @@ def main() -> None:
     parser.add_argument("--addresses", type=int, default=ADDRESSES, help="spread over this many 127.0.0.x")
     parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of trs, bare")
     parser.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop everywhere")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="times each side runs, taking turns (default 3; 1 with --quick)"
+    )
     # Child mode: run one side in this process and print its report; also handy under a profiler.
     parser.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)
     parser.add_argument("--base-urls", help=argparse.SUPPRESS)
@@ -185,11 +213,14 @@ def main() -> None:
     unknown = sorted(set(runs) - set(RUNS))
     if unknown:
         parser.error(f"unknown runs: {', '.join(unknown)}")
-    reports: dict[str, ChildReport] = {}
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    if repeat < 1:
+        parser.error("--repeat must be at least 1")
+    processes: dict[str, list[ChildReport]] = {run: [] for run in runs}
     with nginx_target(addresses=loopback_addresses(args.addresses), sleep_seconds=SLEEP_SECONDS) as bases:
-        for run in runs:
+        for run in runs * repeat:
             report = _spawn(run, bases, tasks, cap, use_uvloop=use_uvloop)
-            reports[run] = report
+            processes[run].append(report)
             build = f", build {report.build_seconds:.2f}s" if report.build_seconds is not None else ""
             print(
                 f"{run:5s} {report.loop}: {report.tasks:,} GET /sleep ({SLEEP_SECONDS:g}s) cap={cap:,} over "
@@ -197,9 +228,13 @@ def main() -> None:
                 f"peak RSS {report.peak_rss_mib:.0f} MiB, outcomes {report.outcomes}",
                 flush=True,
             )
+    reports = {run: combine(found) for run, found in processes.items()}
     summary = summarize(reports, tasks=tasks, cap=cap)
+    summary["seconds_each"] = [r.seconds for r in processes.get("trs", [])]
+    summary["bare_seconds_each"] = [r.seconds for r in processes.get("bare", [])]
+    summary["repeat"] = repeat
     print(json.dumps(summary), flush=True)
-    if any(r.ok != r.tasks for r in reports.values()):
+    if any(r.ok != r.tasks for found in processes.values() for r in found):
         sys.exit(1)
 
 
