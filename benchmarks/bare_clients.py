@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import resource
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -111,6 +112,31 @@ async def read_capped(response: Response, max_bytes: int) -> bytes:
         if len(chunks) > max_bytes:
             raise BodyTooLarge(f"body over {max_bytes} bytes")
     return bytes(chunks)
+
+
+#: What the contract loop keeps of each response: status, header pairs, body.
+Kept = tuple[int, list[tuple[str, str]], bytes]
+
+
+@contextlib.asynccontextmanager
+async def contract_fetcher(
+    concurrency: int, kept: list[Kept], *, request_timeout: float, max_body_bytes: int
+) -> AsyncIterator[Callable[[str], Awaitable[bool]]]:
+    """A pyreqwest fetch that does what TRS's contract asks of each request (a streamed read capped at
+    ``max_body_bytes``, a per-request timeout, status, headers and body kept), appending each result to ``kept``;
+    it answers whether the status was 2xx."""
+    from pyreqwest.client import ClientBuilder
+
+    timeout = timedelta(seconds=request_timeout)
+    async with ClientBuilder().max_connections(concurrency).tcp_nodelay(True).build() as client:
+
+        async def fetch_contract(url: str) -> bool:
+            async with client.get(url).timeout(timeout).build_streamed() as response:
+                body = await read_capped(response, max_body_bytes)
+                kept.append((response.status, list(response.headers.items()), body))
+                return 200 <= response.status < 300
+
+        yield fetch_contract
 
 
 async def bare_pyreqwest(urls: list[str], concurrency: int, *, request_timeout: float = DEFAULT_TIMEOUT) -> int:

@@ -1,24 +1,27 @@
-"""One big batch of slow requests through TRS local mode, against the bare pyreqwest loop on the same workload.
+"""One big batch of slow requests through TRS local mode, against bare pyreqwest loops on the same workload.
 
 nginx answers ``/sleep`` after 2 s (echo module, no Python on the server side), on several 127.0.0.x addresses.
 TRS runs 100,000 GET tasks as one batch with at most 16,000 in flight (``TaskRunner(max_inflight=16000)``); the
 best it can do is ``tasks / cap * 2 s`` = 12.5 s. The bare pyreqwest loop (``benchmarks.bare_clients``) runs the
-same URLs with the same cap. Each runs in its own subprocess, so peak RSS is per run and neither inherits the
-other's heap, runtime threads or sockets.
+same URLs with the same cap, and so does the contract loop (``bare_clients.contract_fetcher``), which does what TRS's
+contract asks of a request (a streamed, size-capped read, a per-request timeout, status, headers and body kept until
+the end): ``ratio_vs_same_contract`` is what TRS's own code costs, ``ratio_vs_bare`` what TRS costs in all. Each runs
+in its own subprocess, so peak RSS is per run and none inherits another's heap, runtime threads or sockets.
 
 ``seconds`` runs from ``launch`` to the last result. Building the 100,000 Task objects happens before that and is
 reported as ``build_seconds``: a caller pays it too, but it is CPU work of the caller's, not the engine's. Building
 ends with a full garbage collection, so the collection that CPython defers until the heap has grown by a quarter is
 charged to building rather than brought forward into the clock (see ``benchmarks.local_throughput``); the bare loop
-starts from a collected heap too. The bare loop's time includes building and closing its client, which is small next
-to the run.
+starts from a collected heap too. The bare loops' time includes building and closing their client, which is small
+next to the run.
 
 This machine's speed drifts by a third from minute to minute, and one run of each side moved ``ratio_vs_bare``
-between 1.04 and 1.20 within an hour. So a full run repeats the pair (``--repeat``, default 3), TRS and bare taking
-turns, and a side's figure is the median over its processes; its peak RSS is the highest.
+between 1.04 and 1.20 within an hour. So a full run repeats the sequence (``--repeat``, default 3), the three
+taking turns, and each one's figure is the median over its processes; its peak RSS is the highest.
 
-    python -m benchmarks.local_concurrency            # 100,000 tasks, cap 16,000, each side 3 times
-    python -m benchmarks.local_concurrency --quick    # 20,000 tasks, cap 3,200, once: the same ideal, under a minute
+    python -m benchmarks.local_concurrency            # 100,000 tasks, cap 16,000, each run 3 times
+    python -m benchmarks.local_concurrency --quick    # 20,000 tasks, cap 3,200, TRS and bare once: the same ideal,
+                                                      # under a minute
 
 The last line of stdout is one JSON object with the figures.
 """
@@ -40,16 +43,22 @@ from typing import Any
 
 from benchmarks.bare_clients import (
     FD_HEADROOM,
+    Kept,
     bare_pyreqwest,
+    contract_fetcher,
     loop_name,
     peak_rss_mib,
     raise_nofile_limit,
     run_on_loop,
 )
+from benchmarks.bare_clients import _drive as drive
 from benchmarks.nginx_target import loopback_addresses, nginx_target, spread_urls
+from shared.engine import DEFAULT_MAX_RESPONSE_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RUNS = ("trs", "bare")
+RUNS = ("trs", "bare", "contract")
+#: What ``--quick`` runs unless ``--runs`` says otherwise: a third 15 s child would take it past a minute.
+QUICK_RUNS = ("trs", "bare")
 SERVICE_NAME = "bench"
 FULL_TASKS = 100_000
 FULL_CAP = 16_000
@@ -96,6 +105,13 @@ async def _run_trs(urls: list[str], cap: int) -> tuple[float, float, collections
         return finished - launched, launched - started, outcomes
 
 
+async def _run_contract(urls: list[str], cap: int) -> int:
+    kept: list[Kept] = []
+    fetcher = contract_fetcher(cap, kept, request_timeout=TASK_TIMEOUT, max_body_bytes=DEFAULT_MAX_RESPONSE_BYTES)
+    async with fetcher as fetch:
+        return await drive(urls, cap, fetch)
+
+
 def run_child(run: str, base_urls: list[str], tasks: int, cap: int, *, use_uvloop: bool) -> ChildReport:
     """Run the whole workload once in this process."""
     raise_nofile_limit(cap + FD_HEADROOM)
@@ -107,7 +123,10 @@ def run_child(run: str, base_urls: list[str], tasks: int, cap: int, *, use_uvloo
     else:
         gc.collect()
         started = time.perf_counter()
-        ok = run_on_loop(lambda: bare_pyreqwest(urls, cap, request_timeout=TASK_TIMEOUT), use_uvloop=use_uvloop)
+        if run == "bare":
+            ok = run_on_loop(lambda: bare_pyreqwest(urls, cap, request_timeout=TASK_TIMEOUT), use_uvloop=use_uvloop)
+        else:
+            ok = run_on_loop(lambda: _run_contract(urls, cap), use_uvloop=use_uvloop)
         seconds = time.perf_counter() - started
         outcomes = collections.Counter({"2xx": ok, "other": tasks - ok})
     return ChildReport(
@@ -163,6 +182,11 @@ def combine(reports: list[ChildReport]) -> ChildReport:
 def summarize(reports: dict[str, ChildReport], *, tasks: int, cap: int) -> dict[str, Any]:
     trs = reports.get("trs")
     bare = reports.get("bare")
+    contract = reports.get("contract")
+
+    def ratio(side: ChildReport | None) -> float | None:
+        return round(trs.seconds / side.seconds, 3) if trs is not None and side is not None else None
+
     ideal = tasks / cap * SLEEP_SECONDS
     return {
         "tasks": tasks,
@@ -171,11 +195,15 @@ def summarize(reports: dict[str, ChildReport], *, tasks: int, cap: int) -> dict[
         "ideal_seconds": round(ideal, 3),
         "ratio_to_ideal": round(trs.seconds / ideal, 3) if trs is not None else None,
         "bare_seconds": bare.seconds if bare is not None else None,
-        "ratio_vs_bare": round(trs.seconds / bare.seconds, 3) if trs is not None and bare is not None else None,
+        "ratio_vs_bare": ratio(bare),
+        "contract_seconds": contract.seconds if contract is not None else None,
+        "ratio_vs_same_contract": ratio(contract),
         "peak_rss_mib": trs.peak_rss_mib if trs is not None else None,
         "build_seconds": trs.build_seconds if trs is not None else None,
         "bare_ok": bare.ok if bare is not None else None,
         "bare_peak_rss_mib": bare.peak_rss_mib if bare is not None else None,
+        "contract_ok": contract.ok if contract is not None else None,
+        "contract_peak_rss_mib": contract.peak_rss_mib if contract is not None else None,
         "cap": cap,
         "loop": next((r.loop for r in reports.values()), None),
     }
@@ -187,7 +215,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, help=f"tasks in the batch (default {FULL_TASKS:,})")
     parser.add_argument("--cap", type=int, help=f"in-flight cap (default {FULL_CAP:,}, scaled with --tasks)")
     parser.add_argument("--addresses", type=int, default=ADDRESSES, help="spread over this many 127.0.0.x")
-    parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of trs, bare")
+    parser.add_argument(
+        "--runs", help="comma-separated subset of trs, bare, contract (default all; trs and bare with --quick)"
+    )
     parser.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop everywhere")
     parser.add_argument(
         "--repeat", type=int, default=None, help="times each side runs, taking turns (default 3; 1 with --quick)"
@@ -209,7 +239,8 @@ def main() -> None:
         print(json.dumps(asdict(report)), flush=True)
         return
 
-    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    chosen = args.runs if args.runs is not None else ",".join(QUICK_RUNS if args.quick else RUNS)
+    runs = [r.strip() for r in chosen.split(",") if r.strip()]
     unknown = sorted(set(runs) - set(RUNS))
     if unknown:
         parser.error(f"unknown runs: {', '.join(unknown)}")
@@ -232,6 +263,7 @@ def main() -> None:
     summary = summarize(reports, tasks=tasks, cap=cap)
     summary["seconds_each"] = [r.seconds for r in processes.get("trs", [])]
     summary["bare_seconds_each"] = [r.seconds for r in processes.get("bare", [])]
+    summary["contract_seconds_each"] = [r.seconds for r in processes.get("contract", [])]
     summary["repeat"] = repeat
     print(json.dumps(summary), flush=True)
     if any(r.ok != r.tasks for found in processes.values() for r in found):

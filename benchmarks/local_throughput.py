@@ -52,8 +52,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bare_clients import Kept, contract_fetcher, loop_name, peak_rss_mib, run_on_loop
 from benchmarks.bare_clients import _drive as drive
-from benchmarks.bare_clients import loop_name, peak_rss_mib, read_capped, run_on_loop
 from benchmarks.nginx_target import nginx_target, spread_urls
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -75,8 +75,6 @@ CHILD_TIMEOUT = 900.0
 
 
 Fetch = Callable[[str], Awaitable[bool]]
-#: What the contract loop keeps of one response: status, headers, body.
-Kept = tuple[int, list[tuple[str, str]], bytes]
 
 
 @dataclass(frozen=True)
@@ -204,27 +202,11 @@ async def _bare_fetcher(client: str, concurrency: int, kept: list[Kept]) -> Asyn
 
             yield fetch_pyreqwest
     elif client == "contract":
-        async with _contract_fetcher(concurrency, kept) as fetch_contract:
+        fetcher = contract_fetcher(concurrency, kept, request_timeout=REQUEST_TIMEOUT, max_body_bytes=MAX_BODY_BYTES)
+        async with fetcher as fetch_contract:
             yield fetch_contract
     else:
         raise ValueError(f"unknown bare client {client!r}")
-
-
-@contextlib.asynccontextmanager
-async def _contract_fetcher(concurrency: int, kept: list[Kept]) -> AsyncIterator[Fetch]:
-    """A pyreqwest fetch that does what TRS's contract asks of each request, and appends each result to ``kept``."""
-    from pyreqwest.client import ClientBuilder
-
-    timeout = timedelta(seconds=REQUEST_TIMEOUT)
-    async with ClientBuilder().max_connections(concurrency).tcp_nodelay(True).build() as client:
-
-        async def fetch_contract(url: str) -> bool:
-            async with client.get(url).timeout(timeout).build_streamed() as response:
-                body = await read_capped(response, MAX_BODY_BYTES)
-                kept.append((response.status, list(response.headers.items()), body))
-                return _is_2xx(response.status)
-
-        yield fetch_contract
 
 
 async def _bare_rounds(client: str, urls: list[str], plan: Plan, concurrency: int) -> list[Round]:
