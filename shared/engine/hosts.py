@@ -61,8 +61,6 @@ _AUTHORITY_RE = re.compile(r"([A-Za-z]+)://([^/?#]*)")
 RAMP_TICK = 0.01
 #: the seconds of ramping after which the timer's pace doubles, while the host hasn't answered yet,
 RAMP_DOUBLE_AFTER = 0.1
-#: the fastest it gets (requests a second), so that a step after the loop stalled for minutes stays a float,
-RAMP_MAX_PACE = 1e9
 #: how many times the requests in flight that its answers account for a host may hold and still grow,
 RAMP_HEADROOM = 1.0
 #: the weight of each answer in the averages of answer time and of time between answers,
@@ -563,8 +561,7 @@ class Host:
         self._credit += self._pace * elapsed
         if self._last_answer == -math.inf:
             doublings = int((self._ramped + elapsed) / RAMP_DOUBLE_AFTER) - int(self._ramped / RAMP_DOUBLE_AFTER)
-            if doublings:
-                self._pace = min(self._pace * 2.0 ** min(doublings, 64), RAMP_MAX_PACE)
+            self._pace *= 2**doublings
         self._ramped += elapsed
         step = int(self._credit)
         self._credit -= step
