@@ -59,8 +59,8 @@ _DEFAULT_PORTS = {"http": "80", "https": "443"}
 _AUTHORITY_RE = re.compile(r"([A-Za-z]+)://([^/?#]*)")
 #: The ramp (see ``RampPolicy``): seconds between the steps of its timer,
 RAMP_TICK = 0.01
-#: the seconds of ramping after which the timer's pace doubles, while the host hasn't answered yet,
-RAMP_DOUBLE_AFTER = 0.1
+#: how many steps the timer's pace doubles after, while the host hasn't answered yet,
+RAMP_DOUBLE_EVERY = 10
 #: how many times the requests in flight that its answers account for a host may hold and still grow,
 RAMP_HEADROOM = 1.0
 #: the weight of each answer in the averages of answer time and of time between answers,
@@ -247,7 +247,6 @@ class Host:
     __slots__ = (
         "_answer_gap",
         "_answer_seconds",
-        "_armed_at",
         "_bucket",
         "_clock",
         "_credit",
@@ -255,8 +254,8 @@ class Host:
         "_pace",
         "_ramp",
         "_ramp_timer",
-        "_ramped",
         "_reset_at",
+        "_ticks",
         "_waiters",
         "breaker",
         "cap",
@@ -288,11 +287,9 @@ class Host:
         self._answer_seconds = 0.0
         self._answer_gap = 0.0
         self._last_answer = -math.inf
-        #: The timer's pace (requests a second), the seconds it has ramped since the host was last idle, and
-        #: when, on the event loop's clock, it was last armed.
+        #: The timer's pace (requests a second), and its steps taken since the host was last idle.
         self._pace = 0.0
-        self._ramped = 0.0
-        self._armed_at = 0.0
+        self._ticks = 0
         #: The part of a request the pace has earned but not yet let in.
         self._credit = 0.0
         #: When the ramp starts again from ``initial`` if the host is still idle then.
@@ -497,7 +494,7 @@ class Host:
         self._reset_at = math.inf
         self._last_answer = -math.inf
         self._answer_gap = 0.0
-        self._ramped = 0.0
+        self._ticks = 0
         self._credit = 0.0
         if self._ramp is not None:
             self._pace = self._ramp.per_second
@@ -545,24 +542,17 @@ class Host:
 
     def _start_ramp_timer(self) -> None:
         if (self._ramp is not None) and (self._ramp_timer is None):
-            loop = asyncio.get_running_loop()
-            self._armed_at = loop.time()
-            self._ramp_timer = loop.call_later(RAMP_TICK, self._ramp_tick)
+            self._ramp_timer = asyncio.get_running_loop().call_later(RAMP_TICK, self._ramp_tick)
 
     def _ramp_tick(self) -> None:
         """Raise the level at the timer's pace while tasks wait; double the pace while the host hasn't answered."""
         self._ramp_timer = None
         if not self._waiters:
             return
-        # A busy loop runs the timer late (at 16,000 tasks waiting for 8 hosts, a 10 ms step took 14 ms on average
-        # and up to 41): the pace counts the time that went by, not the steps, so that a loaded loop ramps as
-        # fast as an idle one.
-        elapsed = asyncio.get_running_loop().time() - self._armed_at
-        self._credit += self._pace * elapsed
-        if self._last_answer == -math.inf:
-            doublings = int((self._ramped + elapsed) / RAMP_DOUBLE_AFTER) - int(self._ramped / RAMP_DOUBLE_AFTER)
-            self._pace *= 2**doublings
-        self._ramped += elapsed
+        self._ticks += 1
+        if (self._last_answer == -math.inf) and (self._ticks % RAMP_DOUBLE_EVERY == 0):
+            self._pace *= 2
+        self._credit += self._pace * RAMP_TICK
         step = int(self._credit)
         self._credit -= step
         self._raise_level(self.level + step)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 
 import pytest
 from pydantic import ValidationError
@@ -68,37 +67,13 @@ async def test_a_fresh_host_gets_the_initial_level_and_no_more_before_its_ramp_t
 
 
 async def test_a_host_that_has_not_answered_yet_gets_the_whole_burst_from_the_timer() -> None:
-    # Nothing is answered: only the timer's pace (5 more every 10 ms, doubling every 100 ms) lets the rest in.
+    # Nothing is answered: only the timer's pace (10 more every 10 ms, doubling every 100 ms) lets the rest in.
     target = InFlight()
     engine = Engine(transport=lambda policy, tls: MockTransport(target))
     runs = [asyncio.create_task(engine.run(task())) for _ in range(100)]
     await eventually(lambda: target.now == 100, 5, "the whole burst in flight")
     target.gate.set()
     assert all(r.ok for r in await asyncio.gather(*runs))
-
-
-def _keep_the_loop_busy(seconds: float) -> None:
-    """Work on the event loop's thread for ``seconds``, as a loop running thousands of tasks does."""
-    until = time.monotonic() + seconds
-    while time.monotonic() < until:
-        pass
-
-
-async def test_a_timer_step_that_runs_late_counts_the_time_that_went_by() -> None:
-    # A loop busy with thousands of tasks runs the 10 ms step late; the pace must hold per second, not per step.
-    target = InFlight()
-    engine = Engine(transport=lambda policy, tls: MockTransport(target))
-    ramp = {"initial": 1, "per_second": 1000.0}
-    runs = [asyncio.create_task(engine.run(task(ramp=ramp))) for _ in range(500)]
-    await asyncio.sleep(0)  # every run takes its first step: one goes, the rest wait and arm the timer
-    assert target.now == 1
-    _keep_the_loop_busy(0.2)  # so the timer's first step runs 200 ms late
-    await eventually(lambda: target.now > 1, 5, "the timer's first step")
-    # 1,000 a second for the 200 ms that went by; counted as one 10 ms step it would be 10.
-    assert target.now >= 150
-    for run in runs:
-        run.cancel()
-    await asyncio.gather(*runs, return_exceptions=True)
 
 
 async def test_with_the_ramp_off_the_whole_burst_goes_at_once() -> None:
