@@ -408,10 +408,12 @@ class RampPolicy(BaseModel):
     200 at once leave most of them dropped, each costing a retransmission of a second or more. So a
     host starts at ``initial`` requests in flight, and while tasks wait past that level it rises by
     ``per_second`` a second; until the host first answers, that pace doubles every 100 ms (a host
-    that takes seconds per answer still gets a burst of thousands within a second). Each answer
-    also raises it by one, as TCP's slow start does, while the answers account for what is in
-    flight (by Little's law, answer time over time between answers): a host that strands requests,
-    as an overflowed backlog does, gets only the pace. A host idle for 60 s starts again.
+    that takes seconds per answer still gets a burst of thousands within a second). The pace is
+    counted in the engine's 10 ms steps, so a client loop too busy to take them on time ramps
+    slower. Each answer also raises it by one, as TCP's slow start does, while the answers account
+    for what is in flight (by Little's law, answer time over time between answers): a host that
+    strands requests, as an overflowed backlog does, gets only the pace. A host idle for 60 s
+    starts again.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

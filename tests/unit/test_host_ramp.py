@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 import pytest
 from pydantic import ValidationError
@@ -67,13 +68,38 @@ async def test_a_fresh_host_gets_the_initial_level_and_no_more_before_its_ramp_t
 
 
 async def test_a_host_that_has_not_answered_yet_gets_the_whole_burst_from_the_timer() -> None:
-    # Nothing is answered: only the timer's pace (10 more every 10 ms, doubling every 100 ms) lets the rest in.
+    # Nothing is answered: only the timer's pace (5 more every 10 ms, doubling every 100 ms) lets the rest in.
     target = InFlight()
     engine = Engine(transport=lambda policy, tls: MockTransport(target))
     runs = [asyncio.create_task(engine.run(task())) for _ in range(100)]
     await eventually(lambda: target.now == 100, 5, "the whole burst in flight")
     target.gate.set()
     assert all(r.ok for r in await asyncio.gather(*runs))
+
+
+def _keep_the_loop_busy(seconds: float) -> None:
+    """Work on the event loop's thread for ``seconds``, as a loop running thousands of tasks does."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        pass
+
+
+async def test_a_timer_step_that_runs_late_lets_in_one_steps_worth(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client loop too busy to take its steps on time ramps slower: the pace is counted in steps.
+    monkeypatch.setattr(hosts_module, "RAMP_TICK", 0.1)  # a step of 40 at 400 a second, 100 ms apart
+    target = InFlight()
+    engine = Engine(transport=lambda policy, tls: MockTransport(target))
+    ramp = {"initial": 1, "per_second": 400.0}
+    runs = [asyncio.create_task(engine.run(task(ramp=ramp))) for _ in range(500)]
+    await asyncio.sleep(0)  # every run takes its first step: one goes, the rest wait and arm the timer
+    assert target.now == 1
+    _keep_the_loop_busy(0.5)  # so the timer's first step runs 400 ms late
+    await eventually(lambda: target.now > 1, 5, "the timer's first step")
+    # One step (or two, should this test be slow to look) lets in 40 each, not the 200 that 0.5 s would earn.
+    assert target.now in (1 + 40, 1 + 80)
+    for run in runs:
+        run.cancel()
+    await asyncio.gather(*runs, return_exceptions=True)
 
 
 async def test_with_the_ramp_off_the_whole_burst_goes_at_once() -> None:
